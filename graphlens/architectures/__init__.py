@@ -1,0 +1,49 @@
+"""Architecture adapters, one per model family; ``architecture_for`` picks one from an HF config."""
+
+from __future__ import annotations
+
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
+from graphlens.architectures.gpt2 import GPT2
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2,)}
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+def supported_hf_architectures() -> list[str]:
+    return sorted(h for a in ARCHITECTURES.values() for h in a.hf_architectures)
+
+
+def architecture_for(hf_config: dict) -> Architecture:
+    """The adapter for an HF ``config.json`` (its ``architectures`` field)."""
+    names = hf_config.get("architectures") or []
+    for arch in ARCHITECTURES.values():
+        if any(n in arch.hf_architectures for n in names):
+            return arch
+    raise UnsupportedArchitectureError(
+        f"unsupported architecture {names or hf_config.get('model_type')!r}; "
+        f"graphlens supports: {', '.join(supported_hf_architectures())}"
+    )
+
+
+def architecture_named(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"unknown architecture {name!r}; graphlens supports: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "AttentionSites",
+    "Mark",
+    "Norm",
+    "UnsupportedArchitectureError",
+    "architecture_for",
+    "architecture_named",
+]

@@ -1,0 +1,125 @@
+"""Put graphlens' site markers into an HF torch model, as its architecture adapter declares them.
+
+Three mechanisms, all deterministic: forward (pre-)hooks on the modules the adapter names, norm modules
+swapped for ones that expose hook_scale/hook_normalized, and an attention function registered with
+transformers that computes scores, pattern and z in TransformerLens' form (masked scores are -inf).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+from graphlens.architectures import Architecture
+from graphlens.export.markers import site
+
+ATTN_IMPLEMENTATION = "graphlens"
+
+
+def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head]."""
+    prefix, spec = module._graphlens_prefix, module._graphlens_sites
+    q = site(query.transpose(1, 2), f"{prefix}.{spec.query_site}")  # [b, q, h, d_head]
+    k = site(key.transpose(1, 2), f"{prefix}.{spec.key_site}")  # [b, k, h_kv, d_head]
+    v = site(value.transpose(1, 2), f"{prefix}.attn.hook_v")
+    n_rep = q.shape[2] // k.shape[2]
+    k_heads, v_heads = k.transpose(1, 2), v.transpose(1, 2)  # [b, h_kv, k, d_head]
+    if n_rep > 1:
+        k_heads = k_heads.repeat_interleave(n_rep, dim=1)
+        v_heads = v_heads.repeat_interleave(n_rep, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(q.transpose(1, 2), k_heads.transpose(-1, -2)) * scaling  # [b, h, q, k]
+    q_len, k_len = scores.shape[-2], scores.shape[-1]
+    if attention_mask is None:
+        query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
+        allowed = torch.arange(k_len, device=scores.device)[None, :] <= query_pos
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask
+    else:
+        allowed = attention_mask == 0
+    scores = torch.where(allowed, scores, torch.full((), float("-inf"), dtype=scores.dtype))
+    scores = site(scores, f"{prefix}.attn.hook_attn_scores")
+    pattern = torch.softmax(scores, dim=-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros((), dtype=pattern.dtype), pattern)
+    pattern = site(pattern, f"{prefix}.attn.hook_pattern")
+    z = site(torch.matmul(pattern, v_heads).transpose(1, 2), f"{prefix}.attn.hook_z")  # [b, q, h, d_head]
+    return z, pattern
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+
+
+class HookedNorm(nn.Module):
+    """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
+
+    def __init__(self, inner: nn.Module, prefix: str, rms: bool):
+        super().__init__()
+        self.weight = inner.weight
+        self.bias = getattr(inner, "bias", None)
+        self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
+        self.prefix, self.rms = prefix, rms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.rms:
+            x = x - x.mean(-1, keepdim=True)
+        scale = site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{self.prefix}.hook_scale")
+        out = site(x / scale, f"{self.prefix}.hook_normalized") * self.weight
+        return out + self.bias if self.bias is not None else out
+
+
+def _mark_output(name: str, heads: int | None):
+    def hook(module, args, output):
+        first = output[0] if isinstance(output, tuple) else output
+        if heads:
+            shape = first.shape
+            marked = site(first.reshape(*shape[:-1], heads, -1), name).reshape(shape)
+        else:
+            marked = site(first, name)
+        return (marked, *output[1:]) if isinstance(output, tuple) else marked
+
+    return hook
+
+
+def _mark_input(name: str):
+    def hook(module, args, kwargs):
+        if args:
+            return (site(args[0], name), *args[1:]), kwargs
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+        return args, {**kwargs, key: site(kwargs[key], name)}
+
+    return hook
+
+
+def _layers_of(path: str, n_layers: int) -> list[int | None]:
+    return list(range(n_layers)) if "{layer}" in path else [None]
+
+
+def _site_name(suffix: str, layer: int | None) -> str:
+    return f"blocks.{layer}.{suffix}" if layer is not None else suffix
+
+
+def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> None:
+    """Install every site marker of ``arch`` into ``model`` (in place)."""
+    n_layers = cfg["n_layers"]
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    for norm in arch.norms:
+        for layer in _layers_of(norm.module, n_layers):
+            path = norm.module.format(layer=layer)
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            prefix = _site_name(norm.prefix, layer)
+            setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms=cfg["normalization_type"] == "RMS"))
+    for mark in arch.marks:
+        for layer in _layers_of(mark.module, n_layers):
+            module = model.get_submodule(mark.module.format(layer=layer))
+            name = _site_name(mark.site, layer)
+            if mark.at == "input":
+                module.register_forward_pre_hook(_mark_input(name), with_kwargs=True)
+            else:
+                module.register_forward_hook(_mark_output(name, cfg[mark.heads] if mark.heads else None))
+    for layer in range(n_layers):
+        attn = model.get_submodule(arch.attention.module.format(layer=layer))
+        attn._graphlens_prefix = f"blocks.{layer}"
+        attn._graphlens_sites = arch.attention

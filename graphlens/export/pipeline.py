@@ -1,0 +1,115 @@
+"""``graphlens export``: HF model → instrumented, processed ONNX bundle, written atomically."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnx_graphsurgeon as gs
+
+import graphlens
+from graphlens.architectures import architecture_for
+from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, write_manifest
+from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
+from graphlens.rewrite.apply_weights import apply_processing
+from graphlens.rewrite.instrument import instrument_sites, with_input_defaults
+from graphlens.rewrite.manifest_io import graph_io, hook_entries
+from graphlens.rewrite.weights import Processing
+
+# Above this size the weights go to model.onnx.data (protobuf cannot hold more than 2 GB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def _stderr_progress(step: int, total: int, message: str) -> None:
+    print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def default_output_dir(source: str) -> Path:
+    return Path("models") / Path(source.rstrip("/")).name
+
+
+def export_bundle(
+    source: str,
+    out_dir: str | Path | None = None,
+    processing: Processing = Processing(),
+    dtype: str = "float32",
+    opset: int = 18,
+    external_data: bool | None = None,
+    overwrite: bool = True,
+    progress: Callable[[int, int, str], None] | None = _stderr_progress,
+) -> Path:
+    """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
+
+    ``external_data``: None stores weights outside ``model.onnx`` only when they are large.
+    """
+    report = progress or (lambda *a: None)
+    out = Path(out_dir) if out_dir is not None else default_output_dir(source)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
+    steps, started = 6, time.perf_counter()
+
+    report(1, steps, f"loading {source}")
+    hf_config = load_hf_config(source)
+    arch = architecture_for(hf_config)
+    cfg = arch.config_from_hf(hf_config)
+    model = load_hf_model(source, dtype)
+
+    report(2, steps, f"exporting to ONNX with torch.onnx ({arch.name}, {cfg['n_layers']} layers)")
+    from graphlens.export.to_onnx import export_plain
+
+    proto = export_plain(model, arch, cfg, opset=opset)
+    del model
+
+    report(3, steps, "adding hook outputs and patch/add inputs at every site")
+    graph = gs.import_onnx(proto)
+    hooks = instrument_sites(graph, cfg)
+
+    report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})")
+    processed_cfg = apply_processing(graph, arch, cfg, processing)
+    proto = with_input_defaults(gs.export_onnx(graph))
+    proto.producer_name, proto.producer_version = "graphlens", graphlens.__version__
+
+    report(5, steps, "checking the graph")
+    onnx.checker.check_model(proto, full_check=False)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report(6, steps, f"writing the bundle to {out}")
+        big = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+        if big:
+            onnx.save_model(proto, tmp / MODEL_FILE, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=EXTERNAL_DATA_FILE, size_threshold=1024)
+        else:
+            onnx.save_model(proto, tmp / MODEL_FILE)
+        tokenizer_files = save_tokenizer(source, tmp)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "graphlens_version": graphlens.__version__,
+            "architecture": arch.name,
+            "source": {"model": source, "hf_architectures": hf_config.get("architectures")},
+            "config": processed_cfg,
+            "processing": processing.as_dict(),
+            "dtype": dtype,
+            "opset": opset,
+            "model_file": MODEL_FILE,
+            "external_data_file": EXTERNAL_DATA_FILE if big else None,
+            **graph_io(proto),
+            "hooks": hook_entries(hooks, processed_cfg, dtype),
+            "tokenizer_files": tokenizer_files,
+        }
+        write_manifest(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
+    return out

@@ -1,0 +1,79 @@
+"""Turn every ``graphlens.Site`` marker into a hook: a named output plus substitution inputs.
+
+For a site ``h`` marking tensor ``x`` the graph gets::
+
+    h = Where(h.patch_mask, h.patch, x) + h.add
+
+and every consumer of ``x`` (and of the marker's output) reads ``h`` instead, so a substitution
+reaches all of the activation's uses. ``h`` is also a graph output. The inputs' unfed defaults
+(mask False, add 0) are added when the bundle is written (``with_input_defaults``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphlens.export_names import PATCH_SUFFIXES, input_name
+from graphlens.sites import concrete_shape, kind_of
+
+MARKER_DOMAIN, MARKER_OP = "graphlens", "Site"
+
+
+def _replace_uses(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip: set[int]) -> None:
+    for consumer in list(old.outputs):
+        if id(consumer) in skip:
+            continue
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[i] = new
+
+
+def _input(name: str, dtype, rank: int) -> gs.Variable:
+    # every dim symbolic and unique: defaults are [1]*rank and any broadcastable array may be fed
+    return gs.Variable(name, dtype=dtype, shape=[f"{name}_d{i}" for i in range(rank)])
+
+
+def instrument_sites(graph: gs.Graph, cfg: dict) -> list[str]:
+    """Replace the markers in ``graph`` (in place); returns the hook names in graph order."""
+    graph.toposort()
+    names: list[str] = []
+    for node in [n for n in graph.nodes if n.domain == MARKER_DOMAIN and n.op == MARKER_OP]:
+        name = node.attrs["name"]
+        x, y = node.inputs[0], node.outputs[0]
+        dims = concrete_shape(kind_of(name).dims, cfg)
+        dtype = x.dtype if x.dtype is not None else np.float32
+        patch = _input(input_name(name, "patch"), dtype, len(dims))
+        mask = _input(input_name(name, "patch_mask"), np.bool_, len(dims))
+        add = _input(input_name(name, "add"), dtype, len(dims))
+        patched = gs.Variable(f"{name}.patched", dtype=dtype)
+        hooked = gs.Variable(name, dtype=dtype, shape=dims)
+        where = gs.Node("Where", name=f"{name}.where", inputs=[mask, patch, x], outputs=[patched])
+        plus = gs.Node("Add", name=f"{name}.add", inputs=[patched, add], outputs=[hooked])
+        graph.nodes += [where, plus]
+        graph.inputs += [patch, mask, add]
+        _replace_uses(graph, x, hooked, skip={id(node), id(where)})
+        _replace_uses(graph, y, hooked, skip=set())
+        node.outputs.clear()
+        node.inputs.clear()
+        if y in graph.outputs:  # e.g. logits marked as unembed.hook_out: keep the output's own name
+            graph.nodes.append(gs.Node("Identity", name=f"{name}.as_output", inputs=[hooked], outputs=[y]))
+        graph.outputs.append(hooked)
+        names.append(name)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return names
+
+
+def with_input_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every substitution input an initializer default: unfed means 'no intervention'."""
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        suffix = next((s for s in PATCH_SUFFIXES if inp.name.endswith("." + s)), None)
+        if suffix is None or inp.name in inits:
+            continue
+        rank = len(inp.type.tensor_type.shape.dim)
+        elem = inp.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros([1] * rank, dtype=dtype), inp.name))
+    return model

@@ -1,0 +1,140 @@
+"""The site table: every TransformerLens hook point graphlens knows, with its shape.
+
+One table drives everything: the export marks these sites, the rewrite turns each mark into a graph
+output plus substitution inputs, the manifest lists them, and the runtime resolves names against them.
+A site's shape is written with symbolic dimension names; the numeric ones come from the model config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+# Symbolic dims stay symbolic in the graph; the others are read from the config.
+SYMBOLIC_DIMS = ("batch", "pos", "query_pos", "key_pos")
+
+
+@dataclass(frozen=True)
+class SiteKind:
+    """One kind of hook point, e.g. ``attn.hook_q`` in every block."""
+
+    suffix: str  # name after "blocks.L." (or the full name for model-level sites)
+    dims: tuple[str | int, ...]
+    per_layer: bool = True
+
+    def name(self, layer: int | None = None) -> str:
+        return f"blocks.{layer}.{self.suffix}" if self.per_layer else self.suffix
+
+
+_KINDS = [
+    SiteKind("hook_embed", ("batch", "pos", "d_model"), per_layer=False),
+    SiteKind("hook_pos_embed", ("batch", "pos", "d_model"), per_layer=False),
+    SiteKind("hook_resid_pre", ("batch", "pos", "d_model")),
+    SiteKind("ln1.hook_scale", ("batch", "pos", 1)),
+    SiteKind("ln1.hook_normalized", ("batch", "pos", "d_model")),
+    SiteKind("attn.hook_q", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("attn.hook_k", ("batch", "pos", "n_key_value_heads", "d_head")),
+    SiteKind("attn.hook_v", ("batch", "pos", "n_key_value_heads", "d_head")),
+    SiteKind("attn.hook_rot_q", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("attn.hook_rot_k", ("batch", "pos", "n_key_value_heads", "d_head")),
+    SiteKind("attn.hook_attn_scores", ("batch", "n_heads", "query_pos", "key_pos")),
+    SiteKind("attn.hook_pattern", ("batch", "n_heads", "query_pos", "key_pos")),
+    SiteKind("attn.hook_z", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("hook_attn_out", ("batch", "pos", "d_model")),
+    SiteKind("hook_resid_mid", ("batch", "pos", "d_model")),
+    SiteKind("ln2.hook_scale", ("batch", "pos", 1)),
+    SiteKind("ln2.hook_normalized", ("batch", "pos", "d_model")),
+    SiteKind("mlp.hook_pre", ("batch", "pos", "d_mlp")),
+    SiteKind("mlp.hook_pre_linear", ("batch", "pos", "d_mlp")),
+    SiteKind("mlp.hook_post", ("batch", "pos", "d_mlp")),
+    SiteKind("hook_mlp_out", ("batch", "pos", "d_model")),
+    SiteKind("hook_resid_post", ("batch", "pos", "d_model")),
+    SiteKind("ln_final.hook_scale", ("batch", "pos", 1), per_layer=False),
+    SiteKind("ln_final.hook_normalized", ("batch", "pos", "d_model"), per_layer=False),
+    SiteKind("unembed.hook_in", ("batch", "pos", "d_model"), per_layer=False),
+    SiteKind("unembed.hook_out", ("batch", "pos", "d_vocab_out"), per_layer=False),
+]
+KINDS: dict[str, SiteKind] = {k.suffix: k for k in _KINDS}
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """``"blocks.3.attn.hook_q"`` → ``(3, "attn.hook_q")``; model-level names get layer None."""
+    match = _LAYER_RE.match(name)
+    if match:
+        return int(match.group(1)), match.group(2)
+    return None, name
+
+
+def kind_of(name: str) -> SiteKind:
+    return KINDS[split_name(name)[1]]
+
+
+def concrete_shape(dims: Iterable[str | int], cfg: dict) -> list[str | int]:
+    """Replace config dims by numbers; symbolic dims stay names (as in the ONNX graph)."""
+    return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else int(cfg[d]) for d in dims]
+
+
+def ordered_hook_names(suffixes_per_block: list[str], model_level: list[str], n_layers: int) -> list[str]:
+    """Hook names in TransformerLens' forward order (the order its cache lists them in)."""
+    before = [s for s in model_level if s in ("hook_embed", "hook_pos_embed")]
+    after = [s for s in model_level if s not in before]
+    names = list(before)
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{s}" for s in suffixes_per_block]
+    return names + after
+
+
+# --- TransformerLens' shorthand names (utils.get_act_name), re-implemented ---------------------------
+_LAYER_TYPE_ALIAS = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
+_ACT_ALIAS = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "key": "k",
+    "query": "q",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_mid": "mid",
+    "mlp_post": "post",
+}
+_ATTN_ACTS = {"k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores"}
+_MLP_ACTS = {"pre", "post", "mid", "pre_linear"}
+
+
+def get_act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
+    """Full hook name from TransformerLens shorthand: ``get_act_name("pattern", 3)`` → ``blocks.3.attn.hook_pattern``."""
+    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
+        return name
+    match = re.match(r"([a-z]+)(\d+)([a-z]?.*)", name)
+    if match is not None:
+        name, layer, layer_type = match.groups(0)  # type: ignore[assignment]
+    name = _ACT_ALIAS.get(name, name)
+    full = f"blocks.{layer}." if layer is not None else ""
+    if name in _ATTN_ACTS:
+        layer_type = "attn"
+    elif name in _MLP_ACTS:
+        layer_type = "mlp"
+    elif layer_type in _LAYER_TYPE_ALIAS:
+        layer_type = _LAYER_TYPE_ALIAS[layer_type]
+    if layer_type:
+        full += f"{layer_type}."
+    full += f"hook_{name}"
+    if name in ("scale", "normalized") and layer is None:
+        full = f"ln_final.{full}"
+    return full
+
+
+class UnknownHookError(KeyError):
+    """A hook name the model does not have; the message suggests the nearest names."""
+
+    def __init__(self, name: str, known: Iterable[str]):
+        known = list(known)
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f" Nearest: {', '.join(close)}." if close else f" The model has {len(known)} hooks; see model.hook_names."
+        super().__init__(f"unknown hook name {name!r}.{hint}")
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return self.args[0]
