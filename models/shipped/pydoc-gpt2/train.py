@@ -1,6 +1,6 @@
 """Train ``pydoc-gpt2``: a tiny GPT-2 that has induction heads, built from offline data only.
 
-Run from the repository root (CPU is enough; about ten minutes on two cores):
+Run from the repository root (CPU is enough; about ten minutes on two CPU cores):
 
     python models/shipped/pydoc-gpt2/train.py            # writes into this folder
     python models/shipped/pydoc-gpt2/train.py --out DIR  # writes elsewhere
@@ -70,10 +70,10 @@ import torch
 EOT = "<|endoftext|>"
 SEQ_LEN = 256  # tokens per training sequence, bos included
 CONFIG = dict(
-    vocab_size=4096,
+    vocab_size=2048,
     n_positions=256,
     n_embd=128,
-    n_layer=3,
+    n_layer=2,
     n_head=4,
     activation_function="gelu_new",
     resid_pdrop=0.0,
@@ -213,9 +213,9 @@ class BatchMaker:
         rows, labels = [], []
         for _ in range(size):
             r = self.rng.random()
-            if r < 0.45:
+            if r < 0.35:
                 toks, train = self.text_window()
-            elif r < 0.7:
+            elif r < 0.75:
                 toks, train = self.pure_repeats()
             else:
                 toks, train = self.text_with_repeats()
@@ -314,10 +314,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=250)

@@ -1,0 +1,53 @@
+"""The ``graphlens`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "pydoc-gpt2"
+
+
+@click.group()
+@click.version_option(package_name="graphlens")
+def main() -> None:
+    """Mechanistic-interpretability hooks on ONNX: export HF models, then analyse them with ONNX Runtime."""
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder (default: models/<name>).")
+@click.option("--fold-ln/--no-fold-ln", default=True, show_default=True, help="Fold norm weights into the next weights.")
+@click.option("--center-writing-weights/--no-center-writing-weights", default=True, show_default=True)
+@click.option("--center-unembed/--no-center-unembed", default=True, show_default=True)
+@click.option("--fold-value-biases/--no-fold-value-biases", default=True, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--external-data/--no-external-data", default=None, help="Weights in model.onnx.data (default: when > 1 GB).")
+def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data):
+    """Export MODEL (a hub id such as gpt2, or a local HF folder) to a graphlens bundle.
+
+    Without MODEL, exports the small trained model shipped in models/shipped/pydoc-gpt2.
+    """
+    from graphlens.export.pipeline import export_bundle
+    from graphlens.export.source import ExportError
+    from graphlens.architectures import UnsupportedArchitectureError
+    from graphlens.rewrite.weights import Processing
+
+    if model is None:
+        if not (SHIPPED_MODEL / "config.json").is_file():
+            raise click.UsageError(f"give a MODEL to export (the shipped model is missing from {SHIPPED_MODEL})")
+        model = str(SHIPPED_MODEL)
+        output = output or "models/pydoc-gpt2"
+        click.echo(f"No MODEL given: exporting the shipped demo model {SHIPPED_MODEL.name}.", err=True)
+    processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+    try:
+        out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data)
+    except (ExportError, UnsupportedArchitectureError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(str(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""A bundle's instrumented graph, held once in memory, and the specialised sessions made from it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import external_data_helper, numpy_helper
+
+from graphlens.rewrite.specialise import specialise
+from graphlens.runtime.session import providers_for, session_options
+
+# Initializers at least this large are shared between sessions instead of copied into each.
+_SHARED_MIN_BYTES = 1024
+
+
+class BundleGraph:
+    """The instrumented ONNX graph of a bundle; hands out sessions specialised per request.
+
+    Weights live once, as OrtValues given to every session (``add_external_initializers``); the
+    per-request graphs carry no weight data, so specialising is cheap.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, device: str, max_sessions: int = 16):
+        self.device = device
+        self.weights: dict[str, np.ndarray] = {}
+        for init in proto.graph.initializer:
+            if init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
+                self.weights[init.name] = numpy_helper.to_array(init)
+                external_data_helper.set_external_data(init, location="graphlens-shared", offset=0, length=0)
+                init.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    init.ClearField(field)
+                init.data_location = onnx.TensorProto.EXTERNAL
+        self.proto = proto
+        self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
+        self.output_names = [o.name for o in proto.graph.output]
+        self._sessions: OrderedDict[tuple, ort.InferenceSession] = OrderedDict()
+        self._max_sessions = max_sessions
+        self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
+
+    def session(self, outputs: Iterable[str], fed: Mapping[str, Iterable[str]] | None = None) -> ort.InferenceSession:
+        outputs = tuple(sorted(set(outputs)))
+        fed_key = tuple(sorted((h, tuple(sorted(k))) for h, k in (fed or {}).items()))
+        key = (outputs, fed_key)
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        model = specialise(self.proto, outputs, dict(fed_key))
+        options = session_options()
+        names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
+        options.add_external_initializers(names, [self._ort_weights[n] for n in names])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
+        self._sessions[key] = session
+        if len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
+        return session
+
+    def run(
+        self, outputs: Iterable[str], feeds: Mapping[str, np.ndarray], fed: Mapping[str, Iterable[str]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the specialised graph; returns ``{output name: array}``."""
+        session = self.session(outputs, fed)
+        names = [o.name for o in session.get_outputs()]
+        self.session_runs += 1
+        return dict(zip(names, session.run(names, dict(feeds))))
+
+
+def _nbytes(init: onnx.TensorProto) -> int:
+    count = int(np.prod(init.dims)) if len(init.dims) else 1
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize

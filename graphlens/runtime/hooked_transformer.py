@@ -1,0 +1,318 @@
+"""``HookedTransformer``: TransformerLens' model API over an ONNX Runtime session, in numpy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence, Union
+
+import numpy as np
+import onnx
+from jaxtyping import Float, Int
+
+from graphlens.architectures import architecture_named
+from graphlens.bundle import BundleError, read_manifest
+from graphlens.resolve import resolve_bundle
+from graphlens.rewrite.weights import NO_PROCESSING, Processing
+from graphlens.runtime.activation_cache import ActivationCache
+from graphlens.runtime.config import Config
+from graphlens.runtime.graph import BundleGraph
+from graphlens.runtime.hook_points import HookPoint
+from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.session import resolve_device
+from graphlens.runtime.tokenizer import TokenizerAdapter
+from graphlens.sites import UnknownHookError
+from graphlens.slicing import Slice
+
+TextOrTokens = Union[str, Sequence[str], np.ndarray, Sequence[Sequence[int]]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+LOGITS = "logits"
+
+
+def lm_cross_entropy_loss(
+    logits: Float[np.ndarray, "batch pos d_vocab"],
+    tokens: Int[np.ndarray, "batch pos"],
+    attention_mask: Int[np.ndarray, "batch pos"] | None = None,
+    per_token: bool = False,
+) -> Float[np.ndarray, ""] | Float[np.ndarray, "batch pos-1"]:
+    """Next-token cross-entropy, as TransformerLens' ``utils.lm_cross_entropy_loss``."""
+    shifted = logits[:, :-1].astype(np.float64)
+    shifted = shifted - shifted.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    predicted = np.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    if attention_mask is not None:
+        mask = attention_mask[:, 1:].astype(np.float64) * attention_mask[:, :-1]
+        predicted = predicted * mask
+        if not per_token:
+            return np.asarray(-predicted.sum() / mask.sum(), dtype=logits.dtype)
+    if per_token:
+        return (-predicted).astype(logits.dtype)
+    return np.asarray(-predicted.mean(), dtype=logits.dtype)
+
+
+class HookedTransformer:
+    """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
+
+    def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):
+        self.bundle_dir = Path(bundle)
+        self.manifest = read_manifest(self.bundle_dir)
+        self.architecture = architecture_named(self.manifest["architecture"])
+        device = resolve_device(device)
+        proto = onnx.load(str(self.bundle_dir / self.manifest["model_file"]), load_external_data=True)
+        fields = self._apply_missing_processing(proto, processing)
+        self.cfg = Config({**fields, "device": device, "dtype": self.manifest["dtype"]})
+        self.graph = BundleGraph(proto, device)
+        self.tokenizer = TokenizerAdapter.from_folder(self.bundle_dir)
+        if self.tokenizer is not None:
+            self.cfg.tokenizer_prepends_bos = self.tokenizer.prepends_bos
+        self.hook_names: list[str] = [h["name"] for h in self.manifest["hooks"]]
+        self.hook_dict: dict[str, HookPoint] = {name: HookPoint(name) for name in self.hook_names}
+        self.mod_dict = self.hook_dict
+
+    # ---- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str | os.PathLike,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+        device: str | None = None,
+        dtype: str | None = None,
+        **kwargs,
+    ) -> "HookedTransformer":
+        """Load a bundle folder, or export an HF folder / hub id into the cache on first use.
+
+        Processing flags mean what they mean in TransformerLens. A bundle that has less processing
+        than asked gets the missing steps applied at load; one that has more cannot be undone.
+        """
+        if refactor_factored_attn_matrices:
+            raise NotImplementedError("refactor_factored_attn_matrices is not supported yet")
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        bundle = resolve_bundle(model_name, processing, dtype)
+        manifest = read_manifest(bundle)
+        if dtype is not None and dtype != manifest["dtype"]:
+            raise BundleError(
+                f"{bundle} holds {manifest['dtype']} weights, not {dtype}; "
+                f"export again with `graphlens export SOURCE --dtype {dtype}`"
+            )
+        return cls(bundle, device=device, processing=processing)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name: str | os.PathLike, **kwargs) -> "HookedTransformer":
+        return cls.from_pretrained(
+            model_name, fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, **kwargs,
+        )
+
+    def _apply_missing_processing(self, proto: onnx.ModelProto, wanted: Processing | None) -> dict:
+        have = Processing(**self.manifest["processing"])
+        fields = dict(self.manifest["config"])
+        if wanted is None or wanted == have:
+            return fields
+        extra = {k: v for k, v in wanted.as_dict().items() if v and not have.as_dict()[k]}
+        undone = [k for k, v in have.as_dict().items() if v and not wanted.as_dict()[k]]
+        if undone:
+            flags = " ".join(f"--no-{k.replace('_', '-')}" for k in undone)
+            raise BundleError(
+                f"{self.bundle_dir} was exported with {', '.join(undone)} applied, which cannot be undone; "
+                f"export again with `graphlens export {self.manifest['source']['model']} {flags}`"
+            )
+        if not extra:
+            return fields
+        import onnx_graphsurgeon as gs
+
+        from graphlens.rewrite.apply_weights import apply_processing
+
+        # fold_ln moves ln biases into b_V, so value biases are folded again after it
+        steps = Processing(**{**NO_PROCESSING.as_dict(), **extra, "fold_value_biases": wanted.fold_value_biases})
+        graph = gs.import_onnx(proto)
+        fields = apply_processing(graph, self.architecture, fields, steps)
+        proto.CopyFrom(gs.export_onnx(graph))
+        self.manifest = {**self.manifest, "processing": wanted.as_dict(), "config": fields}
+        return fields
+
+    # ---- tokenizer helpers (TransformerLens semantics) ---------------------------------------------
+    def _need_tokenizer(self) -> TokenizerAdapter:
+        if self.tokenizer is None:
+            raise ValueError(f"bundle {self.bundle_dir} has no tokenizer: pass token ids instead of strings")
+        return self.tokenizer
+
+    def to_tokens(
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> Int[np.ndarray, "batch pos"]:
+        tok = self._need_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        side = padding_side or tok.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        return tok.to_tokens(texts, prepend, side, self.cfg.n_ctx if truncate else None)
+
+    def to_string(self, tokens) -> str | list[str]:
+        tokens = as_numpy(tokens)
+        tok = self._need_tokenizer()
+        if tokens.ndim == 0:
+            tokens = tokens[None]
+        if tokens.ndim == 1:
+            return tok.decode(tokens)
+        return [tok.decode(row) for row in tokens]
+
+    def to_str_tokens(
+        self, input, prepend_bos: bool | None = None, padding_side: str | None = None
+    ) -> list[str] | list[list[str]]:
+        tok = self._need_tokenizer()
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
+        else:
+            tokens = as_numpy(input)
+            if tokens.ndim == 2:
+                if tokens.shape[0] != 1:
+                    raise ValueError(f"to_str_tokens takes one sequence; got a batch of {tokens.shape[0]}")
+                tokens = tokens[0]
+            tokens = np.atleast_1d(tokens)
+        return tok.decode_each(tokens)
+
+    def to_single_token(self, string: str) -> int:
+        tokens = self.to_tokens(string, prepend_bos=False)[0]
+        if tokens.shape[0] != 1:
+            raise ValueError(f"{string!r} is {tokens.shape[0]} tokens, not one: {self.to_str_tokens(tokens)}")
+        return int(tokens[0])
+
+    def get_token_position(self, single_token, input, mode: str = "first", prepend_bos=None, padding_side=None) -> int:
+        tokens = input if not isinstance(input, str) else self.to_tokens(input, prepend_bos, padding_side)
+        tokens = np.atleast_2d(as_numpy(tokens))
+        if tokens.shape[0] != 1:
+            raise ValueError("get_token_position needs a single sequence")
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        where = np.nonzero(tokens[0] == token)[0]
+        if where.size == 0:
+            raise ValueError(f"token {single_token!r} is not in the input")
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', got {mode!r}")
+        return int(where[0] if mode == "first" else where[-1])
+
+    def tokens_from(self, input: TextOrTokens, prepend_bos=None, padding_side=None) -> Int[np.ndarray, "batch pos"]:
+        """Token ids from a string, a list of strings or ids; checked against d_vocab and n_ctx."""
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+        else:
+            tokens = as_numpy(input)
+        return check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx)
+
+    # ---- hooks by name -----------------------------------------------------------------------------
+    def hook_names_matching(self, names_filter: NamesFilter) -> list[str]:
+        """Resolve a TransformerLens ``names_filter`` to hook names; unknown names raise with suggestions."""
+        if names_filter is None:
+            return list(self.hook_names)
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            return [n for n in self.hook_names if names_filter(n)]
+        names = list(names_filter)
+        for name in names:
+            if name not in self.hook_dict:
+                raise UnknownHookError(name, self.hook_names)
+        return [n for n in self.hook_names if n in set(names)]
+
+    # ---- running -----------------------------------------------------------------------------------
+    def run_graph(
+        self,
+        tokens: Int[np.ndarray, "batch pos"],
+        outputs: Iterable[str],
+        feeds: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One ONNX Runtime run: ``outputs`` (hook names, "logits") with optional substitution ``feeds``.
+
+        ``feeds`` maps graph input names (``<hook>.patch``, ``.patch_mask``, ``.add``) to arrays.
+        """
+        feeds = dict(feeds or {})
+        fed: dict[str, set[str]] = {}
+        for name in feeds:
+            hook, _, kind = name.rpartition(".")
+            if hook not in self.hook_dict:
+                raise UnknownHookError(hook, self.hook_names)
+            fed.setdefault(hook, set()).add("add" if kind == "add" else "patch")
+        return self.graph.run(outputs, {"input_ids": tokens, **feeds}, fed)
+
+    def forward(
+        self,
+        input: TextOrTokens,
+        return_type: Literal["logits", "loss", "both"] | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        attention_mask: np.ndarray | None = None,
+    ):
+        """Logits ``[batch, pos, d_vocab_out]``, loss, both, or None, as TransformerLens' ``forward``."""
+        tokens = self.tokens_from(input, prepend_bos, padding_side)
+        logits = self.run_graph(tokens, [LOGITS])[LOGITS] if return_type is not None else None
+        return self._format_output(logits, tokens, return_type, loss_per_token, attention_mask)
+
+    __call__ = forward
+
+    def _format_output(self, logits, tokens, return_type, loss_per_token, attention_mask=None):
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return logits
+        if return_type not in ("loss", "both"):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def loss_fn(self, logits, tokens, attention_mask=None, per_token: bool = False):
+        return lm_cross_entropy_loss(as_numpy(logits), as_numpy(tokens), attention_mask, per_token)
+
+    def run_with_cache(
+        self,
+        input: TextOrTokens,
+        names_filter: NamesFilter = None,
+        device: str | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice=None,
+        return_cache_object: bool = True,
+        return_type: Literal["logits", "loss", "both"] | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ):
+        """``(output, cache)`` from a single run that also returns every hook ``names_filter`` selects."""
+        if incl_bwd:
+            raise NotImplementedError("graphlens runs inference only: incl_bwd (gradients) is not available")
+        tokens = self.tokens_from(input, prepend_bos, padding_side)
+        names = self.hook_names_matching(names_filter)
+        outputs = names + ([LOGITS] if return_type is not None else [])
+        results = self.run_graph(tokens, outputs)
+        cache_dict = {name: results[name] for name in names}
+        if pos_slice is not None:
+            cache_dict = {n: _slice_positions(n, v, Slice.unwrap(pos_slice)) for n, v in cache_dict.items()}
+        if remove_batch_dim:
+            cache_dict = {n: v[0] for n, v in cache_dict.items()}
+        output = self._format_output(results.get(LOGITS), tokens, return_type, loss_per_token)
+        if not return_cache_object:
+            return output, cache_dict
+        return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def __repr__(self) -> str:
+        return f"HookedTransformer({str(self.bundle_dir)!r}, {self.cfg.n_layers} layers, device={self.cfg.device!r})"
+
+
+def _slice_positions(name: str, value: np.ndarray, pos_slice: Slice) -> np.ndarray:
+    # the position axis: third from last for per-head vectors, second from last otherwise (as TransformerLens)
+    pos_dim = -3 if name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k")) else -2
+    return pos_slice.apply(value, dim=pos_dim) if value.ndim >= -pos_dim else value

@@ -1,0 +1,41 @@
+"""ONNX Runtime plumbing: which execution provider, and session options."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+
+_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` → the best available ("cuda" when ONNX Runtime has CUDA, else "cpu")."""
+    available = ort.get_available_providers()
+    if device is None:
+        return "cuda" if _PROVIDERS["cuda"] in available else "cpu"
+    kind = device.split(":")[0]
+    if kind not in _PROVIDERS:
+        raise DeviceError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+    if _PROVIDERS[kind] not in available:
+        raise DeviceError(
+            f"device {device!r} needs {_PROVIDERS[kind]}, but this onnxruntime only has {available}. "
+            "Install the GPU build: `pip uninstall -y onnxruntime && pip install onnxruntime-gpu`."
+        )
+    return device
+
+
+def providers_for(device: str) -> list:
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return [(_PROVIDERS["cuda"], {"device_id": index}), _PROVIDERS["cpu"]]
+    return [_PROVIDERS["cpu"]]
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # overridable-initializer warnings are expected for substitution inputs
+    return options

@@ -1,0 +1,79 @@
+"""TransformerLens' tokenization semantics (prepend_bos, padding_side, truncation) on ``tokenizers``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from jaxtyping import Int
+from tokenizers import Tokenizer
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):  # older tokenizer_config.json: {"content": "<|endoftext|>", ...}
+        return value.get("content")
+    return value
+
+
+class TokenizerAdapter:
+    """A fast tokenizer plus its special tokens, with ``to_tokens`` as TransformerLens does it."""
+
+    def __init__(self, tokenizer: Tokenizer, bos: str | None, eos: str | None, pad: str | None, padding_side: str):
+        self.tokenizer = tokenizer
+        self.eos_token = eos or "<|endoftext|>"
+        self.pad_token = pad or self.eos_token
+        self.bos_token = bos or self.eos_token
+        self.padding_side = padding_side
+        self.bos_token_id = tokenizer.token_to_id(self.bos_token)
+        self.eos_token_id = tokenizer.token_to_id(self.eos_token)
+        self.pad_token_id = tokenizer.token_to_id(self.pad_token)
+        # as TransformerLens: does encoding an empty string already give a BOS?
+        self.prepends_bos = len(tokenizer.encode("", add_special_tokens=True).ids) > 0
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "TokenizerAdapter | None":
+        folder = Path(folder)
+        if not (folder / "tokenizer.json").is_file():
+            return None
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        return cls(
+            tokenizer,
+            bos=_token_text(config.get("bos_token")),
+            eos=_token_text(config.get("eos_token")),
+            pad=_token_text(config.get("pad_token")),
+            padding_side=config.get("padding_side") or "right",
+        )
+
+    def encode(self, text: str, prepend_bos: bool) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=self.prepends_bos).ids
+        if prepend_bos and not self.prepends_bos:
+            ids = [self.bos_token_id, *ids]
+        elif not prepend_bos and self.prepends_bos and ids and ids[0] == self.bos_token_id:
+            ids = ids[1:]
+        return ids
+
+    def to_tokens(
+        self, texts: list[str], prepend_bos: bool, padding_side: str, max_length: int | None
+    ) -> Int[np.ndarray, "batch pos"]:
+        rows = [self.encode(t, prepend_bos) for t in texts]
+        if max_length is not None:
+            rows = [r[:max_length] for r in rows]
+        width = max(len(r) for r in rows)
+        out = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            if padding_side == "left":
+                out[i, width - len(row):] = row
+            else:
+                out[i, : len(row)] = row
+        return out
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def decode_each(self, ids) -> list[str]:
+        return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
