@@ -1,4 +1,4 @@
-"""The ``graphlens`` command line."""
+"""``graphlens export``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ from pathlib import Path
 
 import click
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "pydoc-gpt2"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "pydoc-gpt2"
 
 
-@click.group()
-@click.version_option(package_name="graphlens")
-def main() -> None:
-    """Mechanistic-interpretability hooks on ONNX: export HF models, then analyse them with ONNX Runtime."""
-
-
-@main.command()
+@click.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder (default: models/<name>).")
 @click.option("--fold-ln/--no-fold-ln", default=True, show_default=True, help="Fold norm weights into the next weights.")
@@ -48,6 +42,3 @@ def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_
         raise click.ClickException(str(err)) from None
     click.echo(str(out))
 
-
-if __name__ == "__main__":
-    main()

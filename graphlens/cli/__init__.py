@@ -1,0 +1,19 @@
+"""The ``graphlens`` command line: one module per command, registered here."""
+
+from __future__ import annotations
+
+import click
+
+from graphlens.cli.export import export
+
+
+@click.group()
+@click.version_option(package_name="graphlens")
+def main() -> None:
+    """Mechanistic-interpretability hooks on ONNX: export HF models, then analyse them with ONNX Runtime."""
+
+
+main.add_command(export)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Tiny random HF models for tests, and the TransformerLens 3.9 reference built from the same weights.
+
+Nothing here downloads: configs are built in code, weights are random, the tokenizer is trained on a
+few sentences. Norm weights and all biases are perturbed so weight processing is really exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "Hello world! Interpretability researchers read activations, patch them and look at attention.",
+    "def add(a, b):\n    return a + b\n",
+] * 20
+
+
+def train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXT, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def perturb_(model: torch.nn.Module, seed: int) -> None:
+    """Random-init HF models have unit norm weights and zero biases: make them generic."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                param.add_(0.2 * torch.randn(param.shape, generator=gen))
+
+
+def make_gpt2(folder: Path, seed: int = 0, tokenizer: bool = True, **config) -> Path:
+    """Save a random GPT-2 (``GPT2Config(**config)``) and a matching tokenizer to ``folder``."""
+    torch.manual_seed(seed)
+    defaults = dict(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=300)
+    cfg = GPT2Config(**{**defaults, **config})
+    if tokenizer:
+        tok = train_tokenizer(cfg.vocab_size)
+        cfg.bos_token_id = cfg.eos_token_id = tok.bos_token_id
+    model = GPT2LMHeadModel(cfg).eval()
+    perturb_(model, seed)
+    model.save_pretrained(folder)
+    if tokenizer:
+        tok.save_pretrained(folder)
+    return folder
+
+
+def tl_reference(hf_folder: Path, processing: bool = True):
+    """TransformerLens 3.9 HookedTransformer holding the same weights (hand-built config, no hub)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    hf = GPT2LMHeadModel.from_pretrained(hf_folder).eval()
+    c = hf.config
+    cfg = HookedTransformerConfig(
+        d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+        n_layers=c.n_layer, n_ctx=c.n_positions, d_vocab=c.vocab_size, act_fn=c.activation_function,
+        normalization_type="LN", eps=c.layer_norm_epsilon, positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel", device="cpu",
+    )
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(
+        convert_gpt2_weights(hf, cfg), fold_ln=processing, center_writing_weights=processing,
+        center_unembed=processing, fold_value_biases=processing,
+    )
+    if (Path(hf_folder) / "tokenizer.json").is_file():
+        model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(hf_folder))
+    return model.eval()
