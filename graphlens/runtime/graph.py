@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import onnx
@@ -12,6 +12,8 @@ from onnx import external_data_helper, numpy_helper
 
 from graphlens.rewrite.specialise import specialise
 from graphlens.runtime.session import providers_for, session_options
+
+T = TypeVar("T")
 
 # Initializers at least this large are shared between sessions instead of copied into each.
 _SHARED_MIN_BYTES = 1024
@@ -38,7 +40,8 @@ class BundleGraph:
         self.proto = proto
         self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
         self.output_names = [o.name for o in proto.graph.output]
-        self._sessions: OrderedDict[tuple, ort.InferenceSession] = OrderedDict()
+        self._sessions: OrderedDict[tuple, object] = OrderedDict()
+        self._types: dict[str, onnx.ValueInfoProto] | None = None
         self._max_sessions = max_sessions
         self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
 
@@ -46,18 +49,33 @@ class BundleGraph:
         outputs = tuple(sorted(set(outputs)))
         fed_key = tuple(sorted((h, tuple(sorted(k))) for h, k in (fed or {}).items()))
         key = (outputs, fed_key)
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        model = specialise(self.proto, outputs, dict(fed_key))
+        return self.cached(key, lambda: self.compile(specialise(self.proto, outputs, dict(fed_key))))
+
+    def compile(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        """A session for ``model`` (a graph derived from this one), reading the shared weights."""
         options = session_options()
         names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
-        self._sessions[key] = session
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
+
+    def cached(self, key: tuple, build: Callable[[], T]) -> T:
+        """``build()``'s result, kept in the session cache (least recently used entries go first)."""
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        value = self._sessions[key] = build()
         if len(self._sessions) > self._max_sessions:
             self._sessions.popitem(last=False)
-        return session
+        return value
+
+    @property
+    def types(self) -> dict[str, onnx.ValueInfoProto]:
+        """Every tensor's type, inferred once (partitioned runs need the types of intermediate tensors)."""
+        if self._types is None:
+            from graphlens.rewrite.partition import value_types
+
+            self._types = value_types(self.proto)
+        return self._types
 
     def run(
         self, outputs: Iterable[str], feeds: Mapping[str, np.ndarray], fed: Mapping[str, Iterable[str]] | None = None
