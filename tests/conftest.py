@@ -27,19 +27,27 @@ def hf_gpt2_dirs(tmp_path_factory):
     return {name: make_gpt2(root / name, seed=i, **shape) for i, (name, shape) in enumerate(GPT2_SHAPES.items())}
 
 
+class _LazyBundles(dict):
+    """(shape name, processed?) → bundle folder, exported the first time a test asks for it."""
+
+    def __init__(self, hf_dirs, root):
+        super().__init__()
+        self.hf_dirs, self.root = hf_dirs, root
+
+    def __missing__(self, key):
+        from graphlens.export.pipeline import export_bundle
+
+        name, processed = key
+        processing = Processing() if processed else NO_PROCESSING
+        out = self.root / f"{name}-{'processed' if processed else 'raw'}"
+        self[key] = export_bundle(str(self.hf_dirs[name]), out, processing=processing, progress=None)
+        return self[key]
+
+
 @pytest.fixture(scope="session")
 def gpt2_bundles(hf_gpt2_dirs, tmp_path_factory):
-    """(shape name, processed?) → bundle folder."""
-    from graphlens.export.pipeline import export_bundle
-
-    root = tmp_path_factory.mktemp("bundles")
-    bundles = {}
-    for name, folder in hf_gpt2_dirs.items():
-        for processed in (True, False):
-            processing = Processing() if processed else NO_PROCESSING
-            out = root / f"{name}-{'processed' if processed else 'raw'}"
-            bundles[name, processed] = export_bundle(str(folder), out, processing=processing, progress=None)
-    return bundles
+    """(shape name, processed?) → bundle folder (exported lazily, once per session)."""
+    return _LazyBundles(hf_gpt2_dirs, tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture(scope="session")
