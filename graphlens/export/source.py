@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +22,18 @@ def _hub_unreachable(model_id: str, err: Exception) -> ExportError:
     )
 
 
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub logs each failed request; the ExportError says it once, with the fix."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
 def load_hf_config(source: str) -> dict:
     """The model's ``config.json`` as a dict; checks that graphlens supports its architecture."""
     from transformers import AutoConfig
@@ -29,7 +43,8 @@ def load_hf_config(source: str) -> dict:
         if not (path / "config.json").is_file():
             raise ExportError(f"{source} is neither a graphlens bundle nor an HF model folder (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(source).to_dict()
+        with _quiet_hub():
+            config = AutoConfig.from_pretrained(source).to_dict()
     except OSError as err:
         if path.exists():
             raise ExportError(f"cannot read the HF config in {source}: {err}") from err
