@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from graphlens.cli.export import export
+from graphlens.cli.generate import generate
 
 
 @click.group()
@@ -14,6 +15,7 @@ def main() -> None:
 
 
 main.add_command(export)
+main.add_command(generate)
 
 if __name__ == "__main__":
     main()

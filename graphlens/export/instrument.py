@@ -17,6 +17,28 @@ from graphlens.export.markers import site
 ATTN_IMPLEMENTATION = "graphlens"
 
 
+class KVState:
+    """What one decoder forward passes to the attention function besides HF's own arguments.
+
+    ``key_mask [batch, past+new]`` (bool, False = padding, never attended), ``past``: per layer
+    ``(key, value)`` as ``[batch, n_kv_heads, past, d_head]``; the attention function appends each
+    layer's hooked new keys/values and records the result in ``present`` (TransformerLens caches the
+    keys after hook_k/hook_v, so a patch at those sites reaches later steps too).
+    """
+
+    def __init__(self, key_mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.key_mask, self.past = key_mask, past
+        self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+class KVSlot:
+    """Shared by the wrapper and every attention module: holds the KVState of the running forward."""
+
+    state: KVState | None = None
+
+
+
+
 def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head]."""
     prefix, spec = module._graphlens_prefix, module._graphlens_sites
@@ -25,6 +47,11 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     v = site(value.transpose(1, 2), f"{prefix}.attn.hook_v")
     n_rep = q.shape[2] // k.shape[2]
     k_heads, v_heads = k.transpose(1, 2), v.transpose(1, 2)  # [b, h_kv, k, d_head]
+    state = module._graphlens_kv.state
+    if state is not None:
+        past_k, past_v = state.past[module._graphlens_layer]
+        k_heads, v_heads = torch.cat([past_k, k_heads], dim=2), torch.cat([past_v, v_heads], dim=2)
+        state.present.append((k_heads, v_heads))
     if n_rep > 1:
         k_heads = k_heads.repeat_interleave(n_rep, dim=1)
         v_heads = v_heads.repeat_interleave(n_rep, dim=1)
@@ -32,9 +59,11 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(q.transpose(1, 2), k_heads.transpose(-1, -2)) * scaling  # [b, h, q, k]
     q_len, k_len = scores.shape[-2], scores.shape[-1]
-    if attention_mask is None:
+    if state is not None or attention_mask is None:
         query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
         allowed = torch.arange(k_len, device=scores.device)[None, :] <= query_pos
+        if state is not None:  # TransformerLens: causal and not padding
+            allowed = allowed & state.key_mask[:, None, None, :]
     elif attention_mask.dtype == torch.bool:
         allowed = attention_mask
     else:
@@ -100,10 +129,29 @@ def _site_name(suffix: str, layer: int | None) -> str:
     return f"blocks.{layer}.{suffix}" if layer is not None else suffix
 
 
-def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> None:
-    """Install every site marker of ``arch`` into ``model`` (in place)."""
+def _zero_padded_positions(slot: KVSlot):
+    # TransformerLens gives padding positions a zero positional embedding
+    def hook(module, args, output):
+        if slot.state is None:
+            return output
+        new_pad = ~slot.state.key_mask[:, -output.shape[1]:, None]
+        return torch.where(new_pad, torch.zeros((), dtype=output.dtype), output)
+
+    return hook
+
+
+def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
+    """Install every site marker of ``arch`` into ``model`` (in place).
+
+    Returns the slot through which a decoder wrapper hands past keys/values and the padding mask to
+    the attention function (unused by a plain forward).
+    """
     n_layers = cfg["n_layers"]
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    slot = KVSlot()
+    for mark in arch.marks:
+        if mark.site == "hook_pos_embed":  # before the marker's hook, so the site sees the zeros
+            model.get_submodule(mark.module).register_forward_hook(_zero_padded_positions(slot))
     for norm in arch.norms:
         for layer in _layers_of(norm.module, n_layers):
             path = norm.module.format(layer=layer)
@@ -123,3 +171,5 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> None:
         attn = model.get_submodule(arch.attention.module.format(layer=layer))
         attn._graphlens_prefix = f"blocks.{layer}"
         attn._graphlens_sites = arch.attention
+        attn._graphlens_layer, attn._graphlens_kv = layer, slot
+    return slot

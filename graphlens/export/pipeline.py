@@ -41,11 +41,13 @@ def export_bundle(
     opset: int = 18,
     external_data: bool | None = None,
     overwrite: bool = True,
+    decoder: bool = True,
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
     ``external_data``: None stores weights outside ``model.onnx`` only when they are large.
+    ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
     """
     report = progress or (lambda *a: None)
     out = Path(out_dir) if out_dir is not None else default_output_dir(source)
@@ -63,6 +65,11 @@ def export_bundle(
     from graphlens.export.to_onnx import export_plain
 
     proto = export_plain(model, arch, cfg, opset=opset)
+    if decoder:
+        from graphlens.export.decoder import build_decoder
+
+        report(2, steps, "exporting the KV-cache decoder graph")
+        decoder_proto, decoder_hooks = build_decoder(model, arch, cfg, processing, opset)
     del model
 
     report(3, steps, "adding hook outputs and patch/add inputs at every site")
@@ -104,6 +111,10 @@ def export_bundle(
             "hooks": hook_entries(hooks, processed_cfg, dtype),
             "tokenizer_files": tokenizer_files,
         }
+        if decoder:
+            from graphlens.export.decoder import write_decoder
+
+            manifest["decoder"] = write_decoder(decoder_proto, decoder_hooks, tmp, MODEL_FILE)
         write_manifest(tmp, manifest)
         if out.exists():
             shutil.rmtree(out)

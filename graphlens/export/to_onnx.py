@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from graphlens.architectures import Architecture
-from graphlens.export.instrument import instrument
+from graphlens.export.instrument import KVSlot, KVState, instrument
 from graphlens.export.markers import TRANSLATION_TABLE
 
 # Example sizes ≥ 2: the exporter specialises dynamic dims whose example size is 0 or 1.
-EXAMPLE_BATCH, EXAMPLE_POS = 2, 8
+EXAMPLE_BATCH, EXAMPLE_POS, EXAMPLE_PAST = 2, 8, 3
 
 
 class _Logits(nn.Module):
@@ -28,6 +28,37 @@ class _Logits(nn.Module):
         return self.model(input_ids=input_ids, position_ids=positions, use_cache=False).logits
 
 
+def past_names(n_layers: int) -> list[str]:
+    return [f"past_key_values.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
+
+
+def present_names(n_layers: int) -> list[str]:
+    return [f"present.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
+
+
+class _Decoder(nn.Module):
+    """One step with a KV cache, as TransformerLens runs it (hooks see only the new positions).
+
+    ``input_ids [batch, new]``, ``attention_mask [batch, past+new]`` (0 = padding),
+    ``position_ids [batch, new]``, ``past_key_values.L.key/value [batch, n_kv_heads, past, d_head]``
+    → ``logits [batch, new, d_vocab_out]``, ``present.L.key/value [batch, n_kv_heads, past+new, d_head]``.
+    """
+
+    def __init__(self, model: nn.Module, slot: KVSlot):
+        super().__init__()
+        self.model, self.slot = model, slot
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        state = KVState(attention_mask.bool(), pairs)
+        self.slot.state = state
+        try:
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        finally:
+            self.slot.state = None
+        return (logits, *[t for pair in state.present for t in pair])
+
+
 def untie_unembed(model: nn.Module) -> None:
     """Give the unembedding its own weight and a (zero) bias, so processing can rewrite them alone."""
     head = model.get_output_embeddings()
@@ -39,29 +70,60 @@ def untie_unembed(model: nn.Module) -> None:
     model.config.tie_word_embeddings = False
 
 
-def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> onnx.ModelProto:
-    """Export ``model`` with every site of ``arch`` marked; initializers keep their HF parameter names."""
-    untie_unembed(model)
-    instrument(model, arch, cfg)
-    wrapper = _Logits(model).eval()
-    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_POS, dtype=torch.long)
-    batch, pos = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
+def _prepare(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
+    """Untie the unembedding and install the markers, once per model."""
+    if getattr(model, "_graphlens_slot", None) is None:
+        untie_unembed(model)
+        model._graphlens_slot = instrument(model, arch, cfg)
+    return model._graphlens_slot
+
+
+def _export(wrapper: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: dict, opset: int):
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper,
-            (example,),
+            wrapper.eval(),
+            args,
             dynamo=True,
             optimize=False,  # the optimiser merges equal initializers and folds transposes into new ones
             opset_version=opset,
-            input_names=["input_ids"],
-            output_names=["logits"],
-            dynamic_shapes={"input_ids": {0: batch, 1: pos}},
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_shapes=dynamic,
             custom_translation_table=TRANSLATION_TABLE,
             verbose=False,
         )
     proto = program.model_proto
     _strip_prefix(proto, "model.")
     _constants_as_tensors(proto)
+    return proto
+
+
+def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> onnx.ModelProto:
+    """Export ``model`` with every site of ``arch`` marked; initializers keep their HF parameter names."""
+    _prepare(model, arch, cfg)
+    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_POS, dtype=torch.long)
+    batch, pos = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
+    return _export(_Logits(model), (example,), (["input_ids"], ["logits"]),
+                   {"input_ids": {0: batch, 1: pos}}, opset)
+
+
+def export_decoder(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> onnx.ModelProto:
+    """Export the KV-cache step graph (see ``_Decoder``), marked like ``export_plain``'s graph."""
+    slot = _prepare(model, arch, cfg)
+    n_layers, n_kv = cfg["n_layers"], cfg.get("n_key_value_heads") or cfg["n_heads"]
+    b, new, past = EXAMPLE_BATCH, EXAMPLE_POS, EXAMPLE_PAST
+    dtype = next(model.parameters()).dtype
+    kv = [torch.zeros(b, n_kv, past, cfg["d_head"], dtype=dtype) for _ in range(2 * n_layers)]
+    args = (torch.zeros(b, new, dtype=torch.long), torch.ones(b, past + new, dtype=torch.long),
+            torch.arange(past, past + new).expand(b, new).contiguous(), *kv)
+    batch, new_d = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
+    past_d = torch.export.Dim("past", max=cfg["n_ctx"])
+    inputs = ["input_ids", "attention_mask", "position_ids", *past_names(n_layers)]
+    dynamic = {"input_ids": {0: batch, 1: new_d}, "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},
+               "position_ids": {0: batch, 1: new_d}, "past": tuple({0: batch, 2: past_d} for _ in kv)}
+    proto = _export(_Decoder(model, slot), args, (inputs, ["logits", *present_names(n_layers)]), dynamic, opset)
+    mask = next(i for i in proto.graph.input if i.name == "attention_mask")
+    mask.type.tensor_type.shape.dim[1].dim_param = "past + pos"  # the exporter names it after a symbol
     return proto
 
 

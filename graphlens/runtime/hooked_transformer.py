@@ -17,6 +17,7 @@ from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.config import Config
 from graphlens.runtime.graph import BundleGraph
+from graphlens.runtime.generation import GenerationMixin
 from graphlens.runtime.hook_points import HookPoint
 from graphlens.runtime.inputs import as_numpy, check_tokens
 from graphlens.runtime.session import resolve_device
@@ -50,7 +51,7 @@ def lm_cross_entropy_loss(
     return np.asarray(-predicted.mean(), dtype=logits.dtype)
 
 
-class HookedTransformer:
+class HookedTransformer(GenerationMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):

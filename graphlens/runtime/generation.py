@@ -1,0 +1,231 @@
+"""``model.generate``: TransformerLens' ``generate`` on the bundle's KV-cache decoder graph.
+
+Each step runs only the new positions (the prompt first, then one token per step), so hook outputs,
+patch/add feeds and steering see the new positions, as TransformerLens' hooks do with its KV cache.
+Padding follows TransformerLens: batches of strings are left-padded, padding is never attended and
+positions count from each row's first real token.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Mapping, Sequence, Union
+
+import numpy as np
+from jaxtyping import Int
+
+from graphlens.export_names import PATCH_SUFFIXES
+from graphlens.runtime.activation_cache import ActivationCache
+from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.kv_decoder import KVDecoder, load_decoder_graph
+from graphlens.runtime.sampling import sample_logits
+from graphlens.sites import UnknownHookError, kind_of
+
+Seed = Union[None, int, np.random.Generator]
+
+
+def attention_mask_for(
+    tokens: Int[np.ndarray, "batch pos"], pad_token_id: int | None, bos_token_id: int | None,
+    prepend_bos: bool, padding_side: str,
+) -> Int[np.ndarray, "batch pos"]:
+    """Which tokens are real (1) or padding (0), as TransformerLens' ``utils.get_attention_mask``.
+
+    Only the padding run at the padded end counts; with left padding and BOS == pad, the BOS right
+    before the first real token is kept.
+    """
+    mask = np.ones_like(tokens, dtype=np.int64)
+    if pad_token_id is None:
+        return mask
+    real = tokens != pad_token_id
+    if padding_side == "right":
+        mask[np.cumsum(real[:, ::-1], axis=1)[:, ::-1] == 0] = 0
+        return mask
+    leading = np.cumsum(real, axis=1) == 0
+    mask[leading] = 0
+    if prepend_bos and bos_token_id == pad_token_id:
+        bos_at = leading.sum(-1) - 1
+        rows = np.nonzero(bos_at >= 0)[0]
+        mask[rows, bos_at[rows]] = 1
+    return mask
+
+
+def offset_position_ids(attention_mask: Int[np.ndarray, "batch pos"]) -> Int[np.ndarray, "batch pos"]:
+    """Positions counted from each row's first real token; padding before it gets 0 (TransformerLens)."""
+    return np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)
+
+
+def _concat_steps(name: str, steps: list[np.ndarray]) -> np.ndarray:
+    """Join per-step hook outputs along positions; attention scores/patterns are padded to all keys."""
+    dims = kind_of(name).dims
+    if "query_pos" not in dims:
+        return np.concatenate(steps, axis=dims.index("pos"))
+    total = steps[-1].shape[-1]
+    fill = -np.inf if name.endswith("attn_scores") else 0.0  # what a full forward has above the diagonal
+    padded = [np.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, total - s.shape[-1])], constant_values=fill) for s in steps]
+    return np.concatenate(padded, axis=dims.index("query_pos"))
+
+
+class GenerationMixin:
+    """``generate`` for HookedTransformer (needs a bundle with a decoder graph)."""
+
+    def _kv_decoder(self, batch: int) -> KVDecoder:
+        if getattr(self, "_decoder_graph", None) is None:
+            self._decoder_graph = load_decoder_graph(self)
+        cfg = self.cfg
+        n_kv = cfg.n_key_value_heads or cfg.n_heads
+        return KVDecoder(self._decoder_graph, cfg.n_layers, n_kv, cfg.d_head, batch, np.dtype(cfg.dtype))
+
+    def _generation_feeds(self, feeds: Mapping[str, np.ndarray] | None) -> tuple[dict, dict]:
+        """Check substitution feeds and give each the rank of its site (a [d_model] vector works)."""
+        arrays, fed = {}, {}
+        for name, value in (feeds or {}).items():
+            hook, _, kind = name.rpartition(".")
+            if kind not in PATCH_SUFFIXES:
+                raise ValueError(f"feed {name!r} must be named <hook>.patch, <hook>.patch_mask or <hook>.add")
+            if hook not in self.hook_dict:
+                raise UnknownHookError(hook, self.hook_names)
+            array = as_numpy(value)
+            rank = len(kind_of(hook).dims)
+            if array.ndim > rank:
+                raise ValueError(f"feed {name!r} has {array.ndim} dims; {hook} has {rank}")
+            arrays[name] = array.reshape((1,) * (rank - array.ndim) + array.shape).astype(
+                bool if kind == "patch_mask" else self.cfg.dtype, copy=False)
+            fed.setdefault(hook, set()).add("add" if kind == "add" else "patch")
+        return arrays, fed
+
+    def _generation_tokens(self, input, prepend_bos, padding_side) -> tuple[np.ndarray, np.ndarray, str]:
+        """Prompt tokens, their attention mask and the input type ("str" or "tokens")."""
+        tok = self.tokenizer
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        side = padding_side or (tok.padding_side if tok is not None else "right")
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            if isinstance(input, (list, tuple)) and len(input) > 1:
+                side = "left"  # as TransformerLens: batched prompts end flush right, so logits[:, -1] is the next token
+            tokens = check_tokens(self.to_tokens(input, prepend_bos=prepend, padding_side=side), self.cfg.d_vocab, self.cfg.n_ctx)
+            kind = "str"
+        else:
+            tokens = check_tokens(as_numpy(input), self.cfg.d_vocab, self.cfg.n_ctx)
+            kind = "tokens"
+        if tok is None:
+            return tokens, np.ones_like(tokens), kind
+        return tokens, attention_mask_for(tokens, tok.pad_token_id, tok.bos_token_id, prepend, side), kind
+
+    def _stop_tokens(self, stop_at_eos: bool, eos_token_id) -> tuple[list[int], int]:
+        if not stop_at_eos:
+            return [], 0
+        tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        if eos_token_id is None:
+            if tok_eos is None:
+                raise ValueError("stop_at_eos needs an eos_token_id: pass eos_token_id=... or stop_at_eos=False")
+            eos_token_id = tok_eos
+        if isinstance(eos_token_id, (int, np.integer)):
+            return [int(eos_token_id)], int(eos_token_id)
+        stops = [int(t) for t in eos_token_id]
+        return stops, tok_eos if tok_eos is not None else stops[0]
+
+    def generate(
+        self,
+        input: Union[str, Sequence[str], np.ndarray] = "",
+        max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | Sequence[int] | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        return_type: Literal["input", "str", "tokens"] | None = "input",
+        verbose: bool = True,
+        seed: Seed = None,
+        feeds: Mapping[str, np.ndarray] | None = None,
+        return_cache: bool = False,
+        names_filter=None,
+        on_token: Callable[[Int[np.ndarray, "batch"]], None] | None = None,
+    ):
+        """Sample up to ``max_new_tokens`` tokens, as TransformerLens' ``generate`` (string in → string out).
+
+        graphlens additions: ``seed`` (int or ``np.random.Generator``) makes sampling reproducible;
+        ``min_p`` keeps tokens with probability ≥ min_p × the top probability (as HF); ``feeds``
+        (``{"<hook>.add": array, ...}``, broadcast over the new positions of every step) patch or steer
+        while generating; ``return_cache=True`` also returns an ActivationCache of the prompt and the
+        generated tokens (``names_filter`` as in run_with_cache), collected from the steps' hook outputs;
+        ``on_token(tokens)`` is called with each step's tokens (streaming).
+        """
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
+                             "(graphlens generates from tokens: 'embeds' is not supported)")
+        tokens, mask, input_type = self._generation_tokens(input, prepend_bos, padding_side)
+        if return_type == "input":
+            return_type = input_type
+        if return_type == "str" and self.tokenizer is None:
+            raise ValueError("return_type='str' needs a tokenizer; this bundle has none: use return_type='tokens'")
+        if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
+            raise ValueError(f"{tokens.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
+                             f"context n_ctx={self.cfg.n_ctx}; generate fewer tokens or shorten the prompt")
+        stop_tokens, eos_pad = self._stop_tokens(stop_at_eos, eos_token_id)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        feed_arrays, fed = self._generation_feeds(feeds)
+        cache_names = self.hook_names_matching(names_filter) if return_cache else []
+        batch = tokens.shape[0]
+        decoder = self._kv_decoder(batch)
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in cache_names}
+
+        def forward(all_tokens: np.ndarray, all_mask: np.ndarray) -> np.ndarray:
+            if not use_past_kv_cache:
+                decoder.reset()
+                for steps in collected.values():
+                    steps.clear()
+            start = decoder.past_length
+            logits, hooks = decoder.step(all_tokens[:, start:], all_mask, offset_position_ids(all_mask)[:, start:],
+                                         cache_names, feed_arrays, fed)
+            for name, value in hooks.items():
+                collected[name].append(value)
+            return logits
+
+        finished = np.zeros(batch, dtype=bool)
+        sampled: list[np.ndarray] = []
+        all_tokens, all_mask = tokens, mask
+        progress = _progress(max_new_tokens, verbose)
+        for _ in range(max_new_tokens):
+            logits = forward(all_tokens, all_mask)
+            if do_sample:
+                new = sample_logits(logits, rng, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
+                                    freq_penalty=freq_penalty, tokens=all_tokens)
+            else:
+                new = logits.argmax(-1)
+            new = new.astype(np.int64)
+            if stop_at_eos:
+                new[finished] = eos_pad
+                finished |= np.isin(new, stop_tokens)
+            sampled.append(new)
+            all_tokens = np.concatenate([all_tokens, new[:, None]], axis=1)
+            all_mask = np.concatenate([all_mask, np.ones((batch, 1), dtype=all_mask.dtype)], axis=1)
+            progress.update(1)
+            if on_token is not None:
+                on_token(new)
+            if stop_at_eos and finished.all():
+                break
+        progress.close()
+
+        result = self._generation_output(all_tokens, return_type)
+        if not return_cache:
+            return result
+        if sampled:  # the last token has not been through the model yet
+            forward(all_tokens, all_mask)
+        cache = {name: _concat_steps(name, steps) for name, steps in collected.items()}
+        return result, ActivationCache(cache, self)
+
+    def _generation_output(self, tokens: np.ndarray, return_type: str):
+        if return_type == "tokens":
+            return tokens
+        texts = [self.tokenizer.tokenizer.decode([int(t) for t in row], skip_special_tokens=True) for row in tokens]
+        return texts[0] if len(texts) == 1 else texts
+
+
+def _progress(total: int, verbose: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not verbose)

@@ -1,0 +1,102 @@
+"""One generation step on the bundle's decoder graph, the KV cache kept as ONNX Runtime values.
+
+The present keys/values a step returns are bound, as they are, as the next step's past: they never
+become numpy arrays, and on CUDA they stay in device memory (IOBinding). Only the logits of the last
+position and the hook outputs asked for come back to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from jaxtyping import Float, Int
+
+from graphlens.bundle import BundleError, read_manifest
+from graphlens.rewrite.weights import Processing
+from graphlens.runtime.graph import BundleGraph
+
+LOGITS = "logits"
+
+
+def _ort_device(device: str) -> tuple[str, int]:
+    if device.startswith("cuda"):
+        return "cuda", int(device.split(":")[1]) if ":" in device else 0
+    return "cpu", 0
+
+
+def load_decoder_graph(model) -> BundleGraph:
+    """The decoder graph of ``model``'s bundle, with the weight processing ``model`` was loaded with."""
+    entry = model.manifest.get("decoder")
+    if not entry:
+        raise BundleError(
+            f"{model.bundle_dir} has no decoder graph (bundles exported before generation support); "
+            f"export it again with `graphlens export {model.manifest['source']['model']}`"
+        )
+    proto = onnx.load(str(model.bundle_dir / entry["file"]), load_external_data=True)
+    # the decoder on disk has the bundle's processing; bring it to what the model was loaded with
+    loaded = model.manifest
+    model.manifest = read_manifest(model.bundle_dir)
+    try:
+        model._apply_missing_processing(proto, Processing(**loaded["processing"]))
+    finally:
+        model.manifest = loaded
+    return BundleGraph(proto, model.cfg.device)
+
+
+class KVDecoder:
+    """Runs decoder steps for one batch, holding its past keys/values between steps."""
+
+    def __init__(self, graph: BundleGraph, n_layers: int, n_kv_heads: int, d_head: int, batch: int, dtype=np.float32):
+        self.graph = graph
+        self.device_type, self.device_id = _ort_device(graph.device)
+        self.past_names = [f"past_key_values.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
+        self.present_names = [f"present.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
+        empty = np.zeros((batch, n_kv_heads, 0, d_head), dtype=dtype)
+        self.past: list[ort.OrtValue] = [self._value(empty) for _ in self.past_names]
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
+
+    @property
+    def past_length(self) -> int:
+        return self.past[0].shape()[2]
+
+    def reset(self) -> None:
+        """Forget the past (the next step starts from an empty cache)."""
+        batch, heads, _, d_head = self.past[0].shape()
+        empty = np.zeros((batch, heads, 0, d_head), dtype=self.past[0].numpy().dtype)
+        self.past = [self._value(empty) for _ in self.past_names]
+
+    def step(
+        self,
+        input_ids: Int[np.ndarray, "batch new"],
+        attention_mask: Int[np.ndarray, "batch past_plus_new"],
+        position_ids: Int[np.ndarray, "batch new"],
+        hooks: Iterable[str] = (),
+        feeds: Mapping[str, np.ndarray] | None = None,
+        fed: Mapping[str, Iterable[str]] | None = None,
+    ) -> tuple[Float[np.ndarray, "batch d_vocab_out"], dict[str, np.ndarray]]:
+        """Run the new positions; returns the last position's logits and the hook outputs asked for."""
+        hooks = list(hooks)
+        session = self.graph.session([LOGITS, *self.present_names, *hooks], fed)
+        binding = session.io_binding()
+        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
+            binding.bind_ortvalue_input(name, self._value(np.asarray(array, dtype=np.int64)))
+        for name, value in zip(self.past_names, self.past):
+            binding.bind_ortvalue_input(name, value)
+        for name, array in (feeds or {}).items():
+            binding.bind_ortvalue_input(name, self._value(np.asarray(array)))
+        binding.bind_output(LOGITS, "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device_type, self.device_id)
+        for name in hooks:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        self.graph.session_runs += 1
+        values = dict(zip([LOGITS, *self.present_names, *hooks], binding.get_outputs()))  # in bind order
+        self.past = [values[name] for name in self.present_names]
+        logits = values[LOGITS].numpy()[:, -1]
+        return logits, {name: values[name].numpy() for name in hooks}
