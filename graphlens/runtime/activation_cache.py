@@ -6,10 +6,11 @@ from typing import Iterator
 
 import numpy as np
 
+from graphlens.analysis.cache_methods import CacheAnalysisMixin
 from graphlens.sites import UnknownHookError, get_act_name
 
 
-class ActivationCache:
+class ActivationCache(CacheAnalysisMixin):
     """Hook name → numpy array, with TransformerLens' shorthand keys.
 
     ``cache["blocks.0.attn.hook_pattern"]``, ``cache["pattern", 0]``, ``cache["resid_post", -1]``,

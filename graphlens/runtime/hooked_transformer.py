@@ -19,9 +19,13 @@ from graphlens.runtime.config import Config
 from graphlens.runtime.graph import BundleGraph
 from graphlens.runtime.generation import GenerationMixin
 from graphlens.runtime.hook_points import HookPoint
+from graphlens.runtime.hooks import HooksMixin, site_runs
+from graphlens.runtime.layer_bounds import bounded_run
+from graphlens.runtime.partitioned import run_partitioned
 from graphlens.runtime.inputs import as_numpy, check_tokens
 from graphlens.runtime.session import resolve_device
 from graphlens.runtime.tokenizer import TokenizerAdapter
+from graphlens.runtime.weights import WeightsMixin
 from graphlens.sites import UnknownHookError
 from graphlens.slicing import Slice
 
@@ -51,7 +55,7 @@ def lm_cross_entropy_loss(
     return np.asarray(-predicted.mean(), dtype=logits.dtype)
 
 
-class HookedTransformer(GenerationMixin):
+class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):
@@ -133,7 +137,11 @@ class HookedTransformer(GenerationMixin):
         steps = Processing(**{**NO_PROCESSING.as_dict(), **extra, "fold_value_biases": wanted.fold_value_biases})
         graph = gs.import_onnx(proto)
         fields = apply_processing(graph, self.architecture, fields, steps)
+        inputs = list(proto.graph.input)
         proto.CopyFrom(gs.export_onnx(graph))
+        # graphsurgeon imports an input that has an initializer as a constant: declare the patch inputs again
+        kept = {i.name for i in proto.graph.input}
+        proto.graph.input.extend(i for i in inputs if i.name not in kept)
         self.manifest = {**self.manifest, "processing": wanted.as_dict(), "config": fields}
         return fields
 
@@ -233,10 +241,14 @@ class HookedTransformer(GenerationMixin):
         tokens: Int[np.ndarray, "batch pos"],
         outputs: Iterable[str],
         feeds: dict[str, np.ndarray] | None = None,
+        given: dict[str, np.ndarray] | None = None,
+        hooked: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """One ONNX Runtime run: ``outputs`` (hook names, "logits") with optional substitution ``feeds``.
+        """One pass: ``outputs`` (hook names, "logits") with optional substitution ``feeds``.
 
         ``feeds`` maps graph input names (``<hook>.patch``, ``.patch_mask``, ``.add``) to arrays.
+        ``given`` maps graph tensors to arrays fed instead of computed (``start_at_layer``). Python
+        hooks of the ``hooked`` sites (default: every site with hooks) run where the model computes them.
         """
         feeds = dict(feeds or {})
         fed: dict[str, set[str]] = {}
@@ -245,7 +257,11 @@ class HookedTransformer(GenerationMixin):
             if hook not in self.hook_dict:
                 raise UnknownHookError(hook, self.hook_names)
             fed.setdefault(hook, set()).add("add" if kind == "add" else "patch")
-        return self.graph.run(outputs, {"input_ids": tokens, **feeds}, fed)
+        hooked = self.hooked_sites() if hooked is None else list(hooked)
+        outputs = list(outputs)
+        if not hooked and not given and set(outputs) <= set(self.graph.output_names):
+            return self.graph.run(outputs, {"input_ids": tokens, **feeds}, fed)
+        return run_partitioned(self.graph, hooked, outputs, {"input_ids": tokens, **feeds}, self.call_hooks, given, fed)
 
     def forward(
         self,
@@ -254,12 +270,27 @@ class HookedTransformer(GenerationMixin):
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
+        start_at_layer: int | None = None,
+        tokens: Int[np.ndarray, "batch pos"] | None = None,
+        shortformer_pos_embed: np.ndarray | None = None,
         attention_mask: np.ndarray | None = None,
+        stop_at_layer: int | None = None,
     ):
-        """Logits ``[batch, pos, d_vocab_out]``, loss, both, or None, as TransformerLens' ``forward``."""
-        tokens = self.tokens_from(input, prepend_bos, padding_side)
-        logits = self.run_graph(tokens, [LOGITS])[LOGITS] if return_type is not None else None
-        return self._format_output(logits, tokens, return_type, loss_per_token, attention_mask)
+        """Logits ``[batch, pos, d_vocab_out]``, loss, both, or None, as TransformerLens' ``forward``.
+
+        ``start_at_layer=L``: ``input`` is the residual stream before block L ``[batch, pos, d_model]``
+        (``tokens`` only for the loss). ``stop_at_layer=L``: returns the residual stream before block L.
+        Only the layers in between are computed. Active hooks run.
+        """
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer_pos_embed: graphlens has no shortformer models")
+        run = bounded_run(self, input, [LOGITS] if return_type is not None else [], start_at_layer, stop_at_layer,
+                          tokens, prepend_bos, padding_side)
+        if stop_at_layer is not None:
+            return run.residual
+        if return_type in ("loss", "both") and run.tokens is None:
+            raise ValueError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
+        return self._format_output(run.results.get(LOGITS), run.tokens, return_type, loss_per_token, attention_mask)
 
     __call__ = forward
 
@@ -291,20 +322,29 @@ class HookedTransformer(GenerationMixin):
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
+        start_at_layer: int | None = None,
+        tokens: Int[np.ndarray, "batch pos"] | None = None,
+        stop_at_layer: int | None = None,
     ):
-        """``(output, cache)`` from a single run that also returns every hook ``names_filter`` selects."""
+        """``(output, cache)`` from a single run that also returns every hook ``names_filter`` selects.
+
+        Active hooks run first: the cache holds the values after them. With ``stop_at_layer`` the
+        output is the residual stream there; the cache holds the sites the bounded run computes.
+        """
         if incl_bwd:
             raise NotImplementedError("graphlens runs inference only: incl_bwd (gradients) is not available")
-        tokens = self.tokens_from(input, prepend_bos, padding_side)
-        names = self.hook_names_matching(names_filter)
-        outputs = names + ([LOGITS] if return_type is not None else [])
-        results = self.run_graph(tokens, outputs)
+        names = [n for n in self.hook_names_matching(names_filter)
+                 if site_runs(n, self.cfg.n_layers, start_at_layer, stop_at_layer)]
+        outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])
+        run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
+        results, tokens = run.results, run.tokens
         cache_dict = {name: results[name] for name in names}
         if pos_slice is not None:
             cache_dict = {n: _slice_positions(n, v, Slice.unwrap(pos_slice)) for n, v in cache_dict.items()}
         if remove_batch_dim:
             cache_dict = {n: v[0] for n, v in cache_dict.items()}
-        output = self._format_output(results.get(LOGITS), tokens, return_type, loss_per_token)
+        output = run.residual if stop_at_layer is not None else self._format_output(
+            results.get(LOGITS), tokens, return_type, loss_per_token)
         if not return_cache_object:
             return output, cache_dict
         return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
