@@ -79,3 +79,41 @@ def tl_reference(hf_folder: Path, processing: bool = True):
     if (Path(hf_folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(hf_folder))
     return model.eval()
+
+
+def make_causal_lm(folder: Path, config, seed: int = 0, tokenizer: bool = True) -> Path:
+    """Save a random model of any causal-LM family (``config``: an HF config object) and a tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if tokenizer:
+        tok = train_tokenizer(config.vocab_size)
+        config.bos_token_id = config.eos_token_id = config.pad_token_id = tok.bos_token_id
+    model = AutoModelForCausalLM.from_config(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(folder)
+    if tokenizer:
+        tok.save_pretrained(folder)
+    return folder
+
+
+def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
+    """TransformerLens 3.9 built entirely by TL from a local HF folder: its own config conversion and
+    weight conversion (``get_pretrained_model_config`` / ``get_pretrained_state_dict`` with the HF model
+    passed in), so nothing of graphlens' adapters is involved. No hub."""
+    from transformers import AutoModelForCausalLM
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+
+    folder = str(hf_folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
+    cfg.tokenizer_name = None  # set below from the folder (TL would try the hub otherwise)
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(
+        get_pretrained_state_dict(folder, cfg, hf_model=hf), fold_ln=processing,
+        center_writing_weights=processing, center_unembed=processing, fold_value_biases=processing,
+    )
+    if (Path(folder) / "tokenizer.json").is_file():
+        model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
+    return model.eval()

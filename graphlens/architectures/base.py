@@ -14,7 +14,10 @@ import numpy as np
 from graphlens.sites import KINDS
 
 Params = Mapping[str, np.ndarray]  # HF parameter name → array (as stored in the ONNX initializers)
-TLWeights = dict[str, np.ndarray]  # TransformerLens state-dict name → array
+# TransformerLens state-dict name → array. Grouped-query attention: attn.W_K/W_V/b_K/b_V keep their
+# n_key_value_heads heads (TL's _W_K …). Biases HF lacks are zeros; write_weights may return them and the
+# weight rewrite drops those that stay zero and are not in the graph.
+TLWeights = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Mark:
     module: str  # module path; "{layer}" is filled in for per-layer sites
     at: Literal["input", "output"] = "output"
     heads: str | None = None  # config field ("n_heads"): the site is the output viewed as [..., heads, d_head]
+    # fused projections: the output viewed as [..., heads, count, d_head]; the site is slice ``index`` of ``count``
+    part: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,10 @@ class AttentionSites:
     """The attention module; its core (scores, pattern, z) runs in graphlens' attention function."""
 
     module: str
-    query_site: str = "attn.hook_q"  # the query as the attention function receives it ("attn.hook_rot_q" if rotary)
-    key_site: str = "attn.hook_k"
+    # the query/key as the attention function receives them ("attn.hook_rot_q" if rotary); None when a Mark
+    # names them elsewhere (e.g. OPT scales the query after its projection)
+    query_site: str | None = "attn.hook_q"
+    key_site: str | None = "attn.hook_k"
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,16 @@ class Architecture:
     read_weights: Callable[[Params, dict], TLWeights]  # HF params → TL state dict
     write_weights: Callable[[TLWeights, dict], dict[str, np.ndarray]]  # TL state dict → HF params
     description: str = ""
+    # Linear modules without a bias in HF whose TL bias processing can make non-zero (fold_value_biases' b_O,
+    # fold_ln's b_Q…): the export gives them a zero bias, so processed weights have somewhere to go
+    zero_biases: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def site_suffixes(self) -> list[str]:
         """Every hook suffix this architecture has, in TransformerLens' forward order."""
         present = {m.site for m in self.marks}
         present |= {f"{n.prefix}.hook_scale" for n in self.norms} | {f"{n.prefix}.hook_normalized" for n in self.norms}
-        present |= {self.attention.query_site, self.attention.key_site, "attn.hook_v"}
+        present |= {self.attention.query_site, self.attention.key_site, "attn.hook_v"} - {None}
         present |= {"attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
         return [suffix for suffix in KINDS if suffix in present]
 
@@ -88,3 +98,29 @@ def merge_heads(w: np.ndarray) -> np.ndarray:
     """[n_heads, d_model, d_head] → [d_model, n_heads*d_head]."""
     n_heads, d_model, d_head = w.shape
     return w.transpose(1, 0, 2).reshape(d_model, n_heads * d_head)
+
+
+def heads_from_linear(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """nn.Linear weight ``[n_heads*d_head, d_model]`` → TL's ``[n_heads, d_model, d_head]``."""
+    return w.reshape(n_heads, -1, w.shape[-1]).transpose(0, 2, 1)
+
+
+def heads_to_linear(w: np.ndarray) -> np.ndarray:
+    """TL's ``[n_heads, d_model, d_head]`` → nn.Linear weight ``[n_heads*d_head, d_model]``."""
+    return w.transpose(0, 2, 1).reshape(-1, w.shape[1])
+
+
+def bias_or_zeros(p: Params, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A bias HF may not have (Llama's projections): TL's state dict has zeros there."""
+    return p[name] if name in p else np.zeros(shape, dtype=dtype)
+
+
+def rope_parameters(hf: dict) -> dict:
+    """transformers 5 keeps rotary settings in ``rope_parameters`` (older configs: top-level fields)."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope.setdefault("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000)))
+    rope.setdefault("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"rotary scaling {rope_type!r} is not supported yet (only the default rotary embedding)")
+    return rope

@@ -37,13 +37,14 @@ class KVSlot:
     state: KVState | None = None
 
 
-
-
 def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head]."""
     prefix, spec = module._graphlens_prefix, module._graphlens_sites
-    q = site(query.transpose(1, 2), f"{prefix}.{spec.query_site}")  # [b, q, h, d_head]
-    k = site(key.transpose(1, 2), f"{prefix}.{spec.key_site}")  # [b, k, h_kv, d_head]
+    q, k = query.transpose(1, 2), key.transpose(1, 2)  # [b, q, h, d_head], [b, k, h_kv, d_head]
+    if spec.query_site:
+        q = site(q, f"{prefix}.{spec.query_site}")
+    if spec.key_site:
+        k = site(k, f"{prefix}.{spec.key_site}")
     v = site(value.transpose(1, 2), f"{prefix}.attn.hook_v")
     n_rep = q.shape[2] // k.shape[2]
     k_heads, v_heads = k.transpose(1, 2), v.transpose(1, 2)  # [b, h_kv, k, d_head]
@@ -98,10 +99,20 @@ class HookedNorm(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
-def _mark_output(name: str, heads: int | None):
+def _mark_part(x: torch.Tensor, name: str, heads: int, part: tuple[int, int]) -> torch.Tensor:
+    """Mark one of ``count`` projections fused per head in ``x [..., heads*count*d_head]``."""
+    index, count = part
+    pieces = list(x.reshape(*x.shape[:-1], heads, count, -1).unbind(-2))
+    pieces[index] = site(pieces[index], name)
+    return torch.stack(pieces, dim=-2).reshape(x.shape)
+
+
+def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None):
     def hook(module, args, output):
         first = output[0] if isinstance(output, tuple) else output
-        if heads:
+        if part:
+            marked = _mark_part(first, name, heads, part)
+        elif heads:
             shape = first.shape
             marked = site(first.reshape(*shape[:-1], heads, -1), name).reshape(shape)
         else:
@@ -166,7 +177,7 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             if mark.at == "input":
                 module.register_forward_pre_hook(_mark_input(name), with_kwargs=True)
             else:
-                module.register_forward_hook(_mark_output(name, cfg[mark.heads] if mark.heads else None))
+                module.register_forward_hook(_mark_output(name, cfg[mark.heads] if mark.heads else None, mark.part))
     for layer in range(n_layers):
         attn = model.get_submodule(arch.attention.module.format(layer=layer))
         attn._graphlens_prefix = f"blocks.{layer}"

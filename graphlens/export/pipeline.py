@@ -29,6 +29,17 @@ def _stderr_progress(step: int, total: int, message: str) -> None:
     print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
 
+def _forward_order(hooks: list[str], arch, cfg: dict) -> list[str]:
+    """The graph's hooks in TransformerLens' forward order (graph order interleaves parallel blocks)."""
+    expected = arch.hook_names(cfg["n_layers"])
+    if set(hooks) != set(expected):
+        raise RuntimeError(
+            f"the {arch.name} adapter declares sites the export did not mark, or the reverse: "
+            f"missing {sorted(set(expected) - set(hooks))[:5]}, unexpected {sorted(set(hooks) - set(expected))[:5]}"
+        )
+    return expected
+
+
 def default_output_dir(source: str) -> Path:
     return Path("models") / Path(source.rstrip("/")).name
 
@@ -74,7 +85,7 @@ def export_bundle(
 
     report(3, steps, "adding hook outputs and patch/add inputs at every site")
     graph = gs.import_onnx(proto)
-    hooks = instrument_sites(graph, cfg)
+    hooks = _forward_order(instrument_sites(graph, cfg), arch, cfg)
 
     report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})")
     processed_cfg = apply_processing(graph, arch, cfg, processing)

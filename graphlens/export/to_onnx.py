@@ -70,10 +70,21 @@ def untie_unembed(model: nn.Module) -> None:
     model.config.tie_word_embeddings = False
 
 
+def add_zero_biases(model: nn.Module, arch: Architecture, cfg: dict) -> None:
+    """Give the Linear modules the adapter lists in ``zero_biases`` a zero bias where HF has none."""
+    for path in arch.zero_biases:
+        for layer in range(cfg["n_layers"]) if "{layer}" in path else [None]:
+            linear = model.get_submodule(path.format(layer=layer))
+            if linear.bias is None:
+                weight = linear.weight
+                linear.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+
+
 def _prepare(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
     """Untie the unembedding and install the markers, once per model."""
     if getattr(model, "_graphlens_slot", None) is None:
         untie_unembed(model)
+        add_zero_biases(model, arch, cfg)
         model._graphlens_slot = instrument(model, arch, cfg)
     return model._graphlens_slot
 

@@ -37,9 +37,15 @@ def apply_processing(graph: gs.Graph, arch: Architecture, cfg: dict, processing:
     new_params, new_cfg = process_params(params, arch, cfg, processing)
     tensors = graph.tensors()
     for name, value in new_params.items():
-        tensors[name].values = value
+        if name in tensors:
+            tensors[name].values = value
+        elif np.any(value):  # a bias HF lacks (zeros in TL's state dict) that processing made non-zero
+            raise ValueError(
+                f"weight processing gives {name!r} non-zero values but the graph has no such parameter; "
+                f"the {arch.name} adapter must list its module in zero_biases"
+            )
     # params the adapter maps that processing dropped: the norms' weights and biases (fold_ln)
-    removed = set(arch.write_weights(arch.read_weights(params, cfg), cfg)) - set(new_params)
+    removed = (set(arch.write_weights(arch.read_weights(params, cfg), cfg)) - set(new_params)) & set(tensors)
     for name in sorted(removed):
         _bypass_consumers_of(graph, tensors[name])
     graph.cleanup().toposort()

@@ -1,0 +1,176 @@
+"""Model families beyond GPT-2 against TransformerLens 3.9: every hook, logits, loss, config, patching.
+
+One tiny random model per family (norm weights and biases perturbed). Each is exported once without
+processing; TransformerLens' default processing is then applied at load (the same weight rewrite the
+export runs), and one family is also exported processed. The reference is built by TransformerLens
+itself from the HF folder (its own config and weight conversion), so no graphlens adapter code is in it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import BertConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+from graphlens import HookedTransformer
+from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
+from graphlens.bundle import MODEL_FILE
+from graphlens.export.pipeline import export_bundle
+from graphlens.rewrite.weights import NO_PROCESSING, Processing
+from tests.models import make_causal_lm, tl_reference_from_folder
+from tests.test_equivalence import assert_close
+
+_SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=300, max_position_embeddings=64)
+_GQA = dict(_SHAPE, num_key_value_heads=2, intermediate_size=96)
+# Folder names must not contain "llama" or "gemma": TransformerLens picks a config branch by name.
+FAMILIES = {
+    "neox": GPTNeoXConfig(**_SHAPE, intermediate_size=128, rotary_pct=0.5),
+    "rms-gqa": LlamaConfig(**_GQA),
+    "mistral": MistralConfig(**_GQA, sliding_window=None),
+    "qwen2": Qwen2Config(**_GQA),
+}
+PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: make_causal_lm(root / name, config, seed=i) for i, (name, config) in enumerate(FAMILIES.items())}
+
+
+@pytest.fixture(scope="module")
+def family_bundles(family_dirs, tmp_path_factory):
+    """(family, processed at export?) → bundle folder."""
+    root = tmp_path_factory.mktemp("family-bundles")
+    bundles = {}
+    for name, folder in family_dirs.items():
+        bundles[name, False] = export_bundle(str(folder), root / f"{name}-raw", processing=NO_PROCESSING, progress=None)
+    folder = family_dirs[PROCESSED_EXPORT]
+    bundles[PROCESSED_EXPORT, True] = export_bundle(str(folder), root / "processed", progress=None, decoder=False)
+    return bundles
+
+
+def _flags(processed: bool) -> dict:
+    return Processing().as_dict() if processed else NO_PROCESSING.as_dict()
+
+
+def _tokens(seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 300, size=(3, 11))
+
+
+def _compare_all(ours: HookedTransformer, ref, tokens: np.ndarray) -> None:
+    with torch.no_grad():
+        ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
+        ref_loss = ref(torch.tensor(tokens), return_type="loss")
+    logits, cache = ours.run_with_cache(tokens)
+    assert list(cache.keys()) == list(ref_cache.keys())  # same names, TransformerLens' forward order
+    for name in ref_cache.keys():
+        assert_close(cache[name], ref_cache[name], name)
+    assert_close(logits, ref_logits, "logits")
+    assert_close(ours(tokens, return_type="loss"), ref_loss, "loss")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("processed", [True, False], ids=["default-processing", "no-processing"])
+def test_every_hook_equals_transformer_lens(family_bundles, family_dirs, family, processed):
+    ours = HookedTransformer.from_pretrained(family_bundles[family, False], **_flags(processed))
+    _compare_all(ours, tl_reference_from_folder(family_dirs[family], processing=processed), _tokens())
+
+
+def test_processed_export_equals_transformer_lens(family_bundles, family_dirs):
+    ours = HookedTransformer.from_pretrained(family_bundles[PROCESSED_EXPORT, True])
+    assert ours.cfg.normalization_type == "RMSPre"
+    _compare_all(ours, tl_reference_from_folder(family_dirs[PROCESSED_EXPORT], processing=True), _tokens(2))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
+    ours = HookedTransformer.from_pretrained(family_bundles[family, False]).cfg
+    ref = tl_reference_from_folder(family_dirs[family]).cfg
+    for field in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx", "act_fn",
+                  "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_adjacent_pairs",
+                  "parallel_attn_mlp", "gated_mlp", "final_rms", "eps", "default_prepend_bos",
+                  "original_architecture"):
+        assert getattr(ours, field) == getattr(ref, field), field
+    assert float(ours.rotary_base) == float(ref.rotary_base)
+    # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
+    assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family_dirs, family):
+    """The KV-cache decoder graph, per family: greedy continuation as HF generate and TL generate."""
+    from transformers import AutoModelForCausalLM
+
+    ours = HookedTransformer.from_pretrained(family_bundles[family, False])
+    tokens = np.random.default_rng(5).integers(1, 300, size=(2, 7))
+    kwargs = dict(max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False)
+    generated = ours.generate(tokens, use_past_kv_cache=True, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(family_dirs[family]).eval()
+    hf.generation_config.eos_token_id = None  # run all 8 steps, as stop_at_eos=False
+    with torch.no_grad():
+        hf_tokens = hf.generate(torch.tensor(tokens), attention_mask=torch.ones(tokens.shape, dtype=torch.long),
+                                max_new_tokens=8, do_sample=False, pad_token_id=0)
+        tl_tokens = tl_reference_from_folder(family_dirs[family]).generate(
+            torch.tensor(tokens), use_past_kv_cache=True, **kwargs)
+    np.testing.assert_array_equal(generated, hf_tokens.numpy())
+    np.testing.assert_array_equal(generated, tl_tokens.numpy())
+    np.testing.assert_array_equal(ours.generate(tokens, use_past_kv_cache=False, **kwargs), generated)
+
+
+@pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"),
+                                         ("qwen2", "attn.hook_v"), ("mistral", "mlp.hook_pre_linear")])
+def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
+    """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
+    ours = HookedTransformer.from_pretrained(family_bundles[family, False])
+    ref = tl_reference_from_folder(family_dirs[family])
+    tokens, name = _tokens(3), f"blocks.0.{hook}"
+    _, cache = ours.run_with_cache(tokens, names_filter=[name])
+    patch = np.random.default_rng(4).normal(size=cache[name].shape).astype(np.float32)
+    mask = np.zeros((1, tokens.shape[1]) + (1,) * (patch.ndim - 2), dtype=bool)
+    mask[:, 3:7] = True
+    logits = ours.run_graph(tokens, ["logits"], {f"{name}.patch": patch, f"{name}.patch_mask": mask})["logits"]
+
+    def replace(activation, hook):
+        return torch.where(torch.tensor(mask), torch.tensor(patch), activation)
+
+    with torch.no_grad():
+        ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(name, replace)])
+    assert_close(logits, ref_logits, f"logits after patching {name}")
+    assert not np.allclose(logits, ours(tokens), atol=1e-3)  # the patch changed something
+
+
+def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_path):
+    BertConfig(architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        export_bundle(str(tmp_path / "bert"), tmp_path / "out", progress=None)
+    message = str(err.value)
+    assert "BertForMaskedLM" in message
+    for hf_class in supported_hf_architectures():
+        assert hf_class in message
+    assert {"GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"} <= set(
+        supported_hf_architectures()
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_adapter_weights_round_trip(name, family_bundles):
+    """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
+    arch = ARCHITECTURES[name]
+    family = {"gpt_neox": "neox", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2"}.get(name)
+    if family is None:
+        pytest.skip("covered by the GPT-2 tests")
+    bundle = family_bundles[family, False]
+    proto = onnx.load(bundle / MODEL_FILE)
+    params = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    cfg = HookedTransformer.from_pretrained_no_processing(bundle).cfg.to_dict()
+    written = arch.write_weights(arch.read_weights(params, cfg), cfg)
+    for key, value in written.items():
+        if key in params:
+            np.testing.assert_array_equal(value, params[key], err_msg=key)
+        else:
+            assert not np.any(value), f"{key}: not in the graph but non-zero"
