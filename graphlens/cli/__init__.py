@@ -6,6 +6,9 @@ import click
 
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
+from graphlens.cli.inspect import inspect
+from graphlens.cli.plot import plot
+from graphlens.cli.run import run
 
 
 @click.group()
@@ -16,6 +19,9 @@ def main() -> None:
 
 main.add_command(export)
 main.add_command(generate)
+main.add_command(inspect)
+main.add_command(run)
+main.add_command(plot)
 
 if __name__ == "__main__":
     main()

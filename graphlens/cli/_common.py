@@ -1,0 +1,56 @@
+"""Helpers shared by the analysis commands (run, plot): loading a bundle, tokenizing a prompt, naming hooks."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import click
+import numpy as np
+
+
+def load_model(bundle: str, device: str | None = None):
+    """``HookedTransformer.from_pretrained(bundle)`` with load errors as one-line CLI errors."""
+    from graphlens import HookedTransformer
+    from graphlens.bundle import BundleError
+
+    try:
+        return HookedTransformer.from_pretrained(bundle, device=device)
+    except (BundleError, OSError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def prompt_tokens(model, prompt: str) -> np.ndarray:
+    if model.tokenizer is None:
+        raise click.ClickException(f"{model.bundle_dir} has no tokenizer, so it cannot read a text prompt")
+    try:
+        return model.tokens_from(prompt)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def match_hooks(names: list[str], pattern: str) -> list[str]:
+    """Hook names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring."""
+    if any(c in pattern for c in "*?["):
+        chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    else:
+        chosen = [n for n in names if pattern in n]
+    if not chosen:
+        raise click.BadParameter(
+            f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "
+            f"such as 'resid_post'); the model has {len(names)} hooks, e.g. {', '.join(names[:3])}",
+            param_hint="--names",
+        )
+    return chosen
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def check_layer(model, layer: int, option: str = "--layer") -> int:
+    n = model.cfg.n_layers
+    if not 0 <= layer < n:
+        raise click.BadParameter(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})", param_hint=option)
+    return layer
