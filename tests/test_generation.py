@@ -203,6 +203,28 @@ def test_steering_during_generation_equals_a_transformer_lens_hook(model, tl):
     assert ours != model.generate(PROMPTS, verbose=False, **kwargs)
 
 
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_python_hooks_run_at_every_step_as_transformer_lens_hooks(model, tl, use_cache):
+    site = "blocks.1.mlp.hook_post"
+    seen = []
+
+    def ablate(x, hook):  # TL passes torch tensors, graphlens numpy: both support this in-place edit
+        seen.append(tuple(x.shape))
+        x[..., :40] = 3.0
+        return x
+
+    kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, use_past_kv_cache=use_cache,
+                  return_type="tokens")
+    with model.hooks(fwd_hooks=[(site, ablate)]):
+        ours = model.generate(PROMPTS, verbose=False, **kwargs)
+    ours_shapes, seen[:] = list(seen), []
+    with tl.hooks(fwd_hooks=[(site, ablate)]):
+        ref = tl_generate(tl, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(ours, ref)
+    assert ours_shapes == seen  # the same positions at every step (only the new ones with the KV cache)
+    assert (ours != model.generate(PROMPTS, verbose=False, **kwargs)).any()
+
+
 def test_patch_feed_at_the_new_positions(model, tl):
     site = "blocks.1.attn.hook_v"
     kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False)

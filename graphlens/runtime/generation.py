@@ -152,7 +152,8 @@ class GenerationMixin:
         (``{"<hook>.add": array, ...}``, broadcast over the new positions of every step) patch or steer
         while generating; ``return_cache=True`` also returns an ActivationCache of the prompt and the
         generated tokens (``names_filter`` as in run_with_cache), collected from the steps' hook outputs;
-        ``on_token(tokens)`` is called with each step's tokens (streaming).
+        ``on_token(tokens)`` is called with each step's tokens (streaming). Active hooks (``add_hook``,
+        ``hooks()``) run at every step on the new positions, as TransformerLens' hooks with its KV cache.
         """
         if return_type not in ("input", "str", "tokens"):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
@@ -180,7 +181,7 @@ class GenerationMixin:
                     steps.clear()
             start = decoder.past_length
             logits, hooks = decoder.step(all_tokens[:, start:], all_mask, offset_position_ids(all_mask)[:, start:],
-                                         cache_names, feed_arrays, fed)
+                                         cache_names, feed_arrays, fed, self.hooked_sites(), self.call_hooks)
             for name, value in hooks.items():
                 collected[name].append(value)
             return logits

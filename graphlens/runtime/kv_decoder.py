@@ -7,7 +7,7 @@ position and the hook outputs asked for come back to the host.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from graphlens.bundle import BundleError, read_manifest
 from graphlens.rewrite.weights import Processing
 from graphlens.runtime.graph import BundleGraph
+from graphlens.runtime.partitioned import HookCaller, run_partitioned
 
 LOGITS = "logits"
 
@@ -78,9 +79,17 @@ class KVDecoder:
         hooks: Iterable[str] = (),
         feeds: Mapping[str, np.ndarray] | None = None,
         fed: Mapping[str, Iterable[str]] | None = None,
+        hooked: Sequence[str] = (),
+        call_hooks: HookCaller | None = None,
     ) -> tuple[Float[np.ndarray, "batch d_vocab_out"], dict[str, np.ndarray]]:
-        """Run the new positions; returns the last position's logits and the hook outputs asked for."""
+        """Run the new positions; returns the last position's logits and the hook outputs asked for.
+
+        ``hooked`` sites run their Python hooks (``call_hooks``) on the new positions; the step is then
+        cut at those sites (``run_partitioned``) and the cache makes a round trip through numpy.
+        """
         hooks = list(hooks)
+        if hooked:
+            return self._step_with_hooks(input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks)
         session = self.graph.session([LOGITS, *self.present_names, *hooks], fed)
         binding = session.io_binding()
         for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
@@ -100,3 +109,11 @@ class KVDecoder:
         self.past = [values[name] for name in self.present_names]
         logits = values[LOGITS].numpy()[:, -1]
         return logits, {name: values[name].numpy() for name in hooks}
+
+    def _step_with_hooks(self, input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks):
+        inputs = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+                  "position_ids": np.asarray(position_ids, dtype=np.int64), **(feeds or {}),
+                  **{name: value.numpy() for name, value in zip(self.past_names, self.past)}}
+        results = run_partitioned(self.graph, hooked, [LOGITS, *self.present_names, *hooks], inputs, call_hooks, None, fed)
+        self.past = [self._value(results[name]) for name in self.present_names]
+        return results[LOGITS][:, -1], {name: results[name] for name in hooks}
