@@ -200,6 +200,15 @@ def test_methods_without_batch_dim(pair):
     check(bare, "logit_attrs", cache.decompose_resid(), np.array(tokens[0]), has_batch_dim=False)
 
 
+def test_remove_batch_dim_returns_the_cache(pair):
+    ours, _, ref, _, tokens = pair
+    _, cache = ours.run_with_cache(tokens[:1])
+    with torch.no_grad():
+        _, ref_cache = ref.run_with_cache(torch.tensor(tokens[:1]))
+    assert cache.remove_batch_dim() is cache and ref_cache.remove_batch_dim() is ref_cache
+    check((ours, cache, ref, ref_cache, tokens), "stack_head_results", apply_ln=True, pos_slice=-1, return_labels=True)
+
+
 def test_batch_slice_then_methods(pair):
     ours, cache, ref, ref_cache, tokens = pair
     sliced = (ours, cache.apply_slice_to_batch_dim([0, 2]), ref, ref_cache.apply_slice_to_batch_dim([0, 2]), tokens)

@@ -74,15 +74,16 @@ class ActivationCache(CacheAnalysisMixin):
             raise ValueError(f"unknown device {device!r}")
         return self
 
-    def remove_batch_dim(self) -> None:
-        """Drop a batch dimension of size 1 from every activation (in place), as TransformerLens."""
+    def remove_batch_dim(self) -> "ActivationCache":
+        """Drop a batch dimension of size 1 from every activation (in place; returns the cache), as TransformerLens."""
         if not self.has_batch_dim:
-            return
+            return self
         for name, value in self.cache_dict.items():
             if value.shape[0] != 1:
                 raise ValueError(f"remove_batch_dim needs batch size 1; {name} has batch size {value.shape[0]}")
             self.cache_dict[name] = value[0]
         self.has_batch_dim = False
+        return self
 
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
         """A new cache indexed on the batch dimension; an int index drops it (as TransformerLens)."""

@@ -58,8 +58,18 @@ class WeightsMixin:
         return dict(self.architecture.read_weights(initializer_arrays(self.graph), self.cfg.to_dict()))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The TransformerLens state dict (parameters only, numpy), as the processed TL model holds it."""
-        return dict(self._tl_weights)
+        """The TransformerLens state dict (parameters only, numpy), as the processed TL model holds it.
+
+        Grouped-query attention keeps its n_key_value_heads under ``_W_K``/``_W_V``/``_b_K``/``_b_V``, as TL does.
+        """
+        grouped = self.cfg.n_key_value_heads not in (None, self.cfg.n_heads)
+        renamed = {}
+        for name, value in self._tl_weights.items():
+            head, _, leaf = name.rpartition(".")
+            if grouped and head.endswith(".attn") and leaf in ("W_K", "W_V", "b_K", "b_V"):
+                name = f"{head}._{leaf}"
+            renamed[name] = value
+        return renamed
 
     def _stacked(self, suffix: str) -> np.ndarray:
         return np.stack([self._tl_weights[f"blocks.{layer}.{suffix}"] for layer in range(self.cfg.n_layers)])
