@@ -107,7 +107,10 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
 
     folder = str(hf_folder)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
-    cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
+    if hf.config.architectures == ["GemmaForCausalLM"]:
+        cfg = _tl_gemma_config(hf.config)
+    else:
+        cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
     cfg.tokenizer_name = None  # set below from the folder (TL would try the hub otherwise)
     model = HookedTransformer(cfg)
     model.load_and_process_state_dict(
@@ -117,3 +120,19 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
     if (Path(folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
     return model.eval()
+
+
+def _tl_gemma_config(c):
+    """TL 3.9 configures Gemma by hub name only (fixed sizes): its gemma-2b entry, with this model's sizes.
+
+    One change: act_fn is HF's ``gelu_pytorch_tanh`` (TL's entry says exact "gelu", which is not what
+    HF's Gemma computes)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        act_fn="gelu_pytorch_tanh", normalization_type="RMS", rotary_base=10000, rotary_dim=c.head_dim,
+        positional_embedding_type="rotary", use_attn_scale=True, n_key_value_heads=c.num_key_value_heads,
+        gated_mlp=True, final_rms=True, original_architecture="GemmaForCausalLM", device="cpu",
+    )

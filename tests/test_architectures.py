@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import BertConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import BertConfig, GemmaConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from graphlens import HookedTransformer
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -31,6 +31,7 @@ FAMILIES = {
     "rms-gqa": LlamaConfig(**_GQA),
     "mistral": MistralConfig(**_GQA, sliding_window=None),
     "qwen2": Qwen2Config(**_GQA),
+    "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
 }
 PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
 
@@ -121,8 +122,8 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
     np.testing.assert_array_equal(ours.generate(tokens, use_past_kv_cache=False, **kwargs), generated)
 
 
-@pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"),
-                                         ("qwen2", "attn.hook_v"), ("mistral", "mlp.hook_pre_linear")])
+@pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
+                                         ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized")])
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
@@ -151,7 +152,7 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
     assert "BertForMaskedLM" in message
     for hf_class in supported_hf_architectures():
         assert hf_class in message
-    assert {"GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"} <= set(
+    assert {"GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GemmaForCausalLM"} <= set(
         supported_hf_architectures()
     )
     assert not (tmp_path / "out").exists()
@@ -161,7 +162,7 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2"}.get(name)
+    family = {"gpt_neox": "neox", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "gemma": "gm"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]
@@ -171,6 +172,6 @@ def test_adapter_weights_round_trip(name, family_bundles):
     written = arch.write_weights(arch.read_weights(params, cfg), cfg)
     for key, value in written.items():
         if key in params:
-            np.testing.assert_array_equal(value, params[key], err_msg=key)
+            np.testing.assert_allclose(value, params[key], rtol=1e-6, atol=0, err_msg=key)  # Gemma: W_E·√d/√d
         else:
             assert not np.any(value), f"{key}: not in the graph but non-zero"

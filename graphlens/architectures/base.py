@@ -38,6 +38,7 @@ class Norm:
 
     prefix: str  # "ln1", "ln2", "ln_final"
     module: str
+    weight_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ def llama_like(
     description: str,
     config: Callable[[dict], dict],
     zero_biases: tuple[str, ...] = (),
+    read: Callable[[Params, dict], TLWeights] = read_weights,
+    write: Callable[[TLWeights, dict], dict[str, np.ndarray]] = write_weights,
+    norm_weight_offset: float = 0.0,
 ) -> Architecture:
     """An adapter for a family with Llama's modules (``model.layers.L.self_attn.q_proj`` …)."""
     return Architecture(
@@ -149,14 +152,14 @@ def llama_like(
             Mark("unembed.hook_out", "lm_head"),
         ),
         norms=(
-            Norm("ln1", "model.layers.{layer}.input_layernorm"),
-            Norm("ln2", "model.layers.{layer}.post_attention_layernorm"),
-            Norm("ln_final", "model.norm"),
+            Norm("ln1", "model.layers.{layer}.input_layernorm", norm_weight_offset),
+            Norm("ln2", "model.layers.{layer}.post_attention_layernorm", norm_weight_offset),
+            Norm("ln_final", "model.norm", norm_weight_offset),
         ),
         attention=AttentionSites(_ATTN, "attn.hook_rot_q", "attn.hook_rot_k"),
         config_from_hf=config,
-        read_weights=read_weights,
-        write_weights=write_weights,
+        read_weights=read,
+        write_weights=write,
         zero_biases=zero_biases,
     )
 

@@ -84,18 +84,20 @@ AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
 class HookedNorm(nn.Module):
     """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
 
-    def __init__(self, inner: nn.Module, prefix: str, rms: bool):
+    def __init__(self, inner: nn.Module, prefix: str, rms: bool, weight_offset: float = 0.0):
         super().__init__()
         self.weight = inner.weight
         self.bias = getattr(inner, "bias", None)
         self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
-        self.prefix, self.rms = prefix, rms
+        self.prefix, self.rms, self.weight_offset = prefix, rms, weight_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         scale = site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{self.prefix}.hook_scale")
-        out = site(x / scale, f"{self.prefix}.hook_normalized") * self.weight
+        # an offset weight is one Add on the parameter: folding it away leaves x * offset
+        weight = self.weight + self.weight_offset if self.weight_offset else self.weight
+        out = site(x / scale, f"{self.prefix}.hook_normalized") * weight
         return out + self.bias if self.bias is not None else out
 
 
@@ -169,7 +171,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             parent_path, _, child = path.rpartition(".")
             parent = model.get_submodule(parent_path) if parent_path else model
             prefix = _site_name(norm.prefix, layer)
-            setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms=cfg["normalization_type"] == "RMS"))
+            rms = cfg["normalization_type"] == "RMS"
+            setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset))
     for mark in arch.marks:
         for layer in _layers_of(mark.module, n_layers):
             module = model.get_submodule(mark.module.format(layer=layer))
