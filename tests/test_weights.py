@@ -67,6 +67,17 @@ def test_qk_ov_factored_matrices(models):
             np.testing.assert_allclose(full.AB, ref_full.AB.numpy(), atol=1e-4, rtol=1e-4, err_msg=f"{name} circuit")
 
 
+def test_composition_scores_and_head_labels(models):
+    ours, ref = models
+    for mode in "QKV":
+        with torch.no_grad():
+            expected = ref.all_composition_scores(mode).numpy()
+        np.testing.assert_allclose(ours.all_composition_scores(mode), expected, atol=1e-5, err_msg=mode)
+    assert ours.all_head_labels() == ref.all_head_labels()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ours.all_composition_scores("X")
+
+
 def test_final_norm_matches_transformer_lens(models):
     ours, ref = models
     x = np.random.default_rng(0).standard_normal((2, 5, ours.cfg.d_model)).astype(np.float32)

@@ -210,6 +210,18 @@ class WeightsMixin:
             return self.W_U[:, int(ids.reshape(()))]
         return np.moveaxis(self.W_U[:, ids], 0, -1)
 
+    def all_composition_scores(self, mode: str) -> Float[np.ndarray, "n_layers n_heads n_layers n_heads"]:
+        """Q-, K- or V-composition score of every head pair; zero unless the right head is in a later layer."""
+        from graphlens.analysis.composition import composition_scores
+
+        rights = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
+        if mode not in rights:
+            raise ValueError(f"mode must be one of ['Q', 'K', 'V'] not {mode}")
+        scores = composition_scores(self.OV, rights[mode](), broadcast_dims=True)
+        layers = np.arange(self.cfg.n_layers)
+        later = layers[:, None, None, None] < layers[None, None, :, None]
+        return np.where(later, scores, np.zeros_like(scores))
+
     def all_head_labels(self) -> list[str]:
         return [f"L{l}H{h}" for l in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
