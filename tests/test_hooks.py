@@ -108,6 +108,20 @@ def test_read_only_hooks_store_into_a_dict(models, tokens):
         assert_close(seen[name], ref_seen[name], name)
 
 
+@pytest.mark.parametrize("return_type", ["logits", None])
+def test_every_site_hooked_runs_in_transformer_lens_order(models, tokens, return_type):
+    ours, ref = models
+    order, ref_order = [], []
+    logits = ours.run_with_hooks(tokens[0], return_type=return_type,
+                                 fwd_hooks=[(lambda n: True, lambda a, hook: order.append(hook.name) or a * 1.01)])
+    ref_logits = ref.run_with_hooks(torch.tensor(tokens[0]), return_type=return_type,
+                                    fwd_hooks=[(lambda n: True, lambda a, hook: ref_order.append(hook.name) or a * 1.01)])
+    # TL runs ln1 three times per block (query, key and value inputs), calling its hooks each time
+    assert len(order) == len(set(order)) and order == list(dict.fromkeys(ref_order))
+    if return_type is not None:
+        assert_close(logits, ref_logits, "logits with every site scaled")
+
+
 def test_hooks_of_one_site_chain_in_order_and_prepend(models, tokens):
     ours, _ = models
     order = []

@@ -7,6 +7,7 @@ import click
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
 from graphlens.cli.inspect import inspect
+from graphlens.cli.intervene import intervene
 from graphlens.cli.plot import plot
 from graphlens.cli.run import run
 
@@ -22,6 +23,7 @@ main.add_command(generate)
 main.add_command(inspect)
 main.add_command(run)
 main.add_command(plot)
+main.add_command(intervene)
 
 if __name__ == "__main__":
     main()

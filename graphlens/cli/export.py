@@ -19,7 +19,10 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "py
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--external-data/--no-external-data", default=None, help="Weights in model.onnx.data (default: when > 1 GB).")
-def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data):
+@click.option("--patch-sites", type=click.Choice(["all", "resid", "none"]), default="all", show_default=True,
+              help="Sites that get .patch/.patch_mask/.add inputs (resid: the residual stream only).")
+def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data,
+           patch_sites):
     """Export MODEL (a hub id such as gpt2, or a local HF folder) to a graphlens bundle.
 
     Without MODEL, exports the small trained model shipped in models/shipped/pydoc-gpt2.
@@ -37,7 +40,8 @@ def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_
         click.echo(f"No MODEL given: exporting the shipped demo model {SHIPPED_MODEL.name}.", err=True)
     processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
     try:
-        out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data)
+        out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data,
+                            patch_sites=patch_sites)
     except (ExportError, UnsupportedArchitectureError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(str(out))

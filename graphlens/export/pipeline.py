@@ -17,7 +17,12 @@ from graphlens.architectures import architecture_for
 from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, write_manifest
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
 from graphlens.rewrite.apply_weights import apply_processing
-from graphlens.rewrite.instrument import instrument_sites, with_input_defaults
+from graphlens.rewrite.instrument import (
+    PATCH_SITE_CHOICES,
+    has_patch_inputs,
+    instrument_sites,
+    with_input_defaults,
+)
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
 from graphlens.rewrite.weights import Processing
 
@@ -54,13 +59,18 @@ def export_bundle(
     overwrite: bool = True,
     decoder: bool = True,
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
+    patch_sites: str = "all",
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
     ``external_data``: None stores weights outside ``model.onnx`` only when they are large.
+    ``patch_sites``: which sites get ``.patch``/``.patch_mask``/``.add`` inputs: "all", "resid"
+    (residual stream sites only) or "none" (every site is still an output).
     ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
     """
     report = progress or (lambda *a: None)
+    if patch_sites not in PATCH_SITE_CHOICES:
+        raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
     out = Path(out_dir) if out_dir is not None else default_output_dir(source)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
@@ -85,7 +95,7 @@ def export_bundle(
 
     report(3, steps, "adding hook outputs and patch/add inputs at every site")
     graph = gs.import_onnx(proto)
-    hooks = _forward_order(instrument_sites(graph, cfg), arch, cfg)
+    hooks = _forward_order(instrument_sites(graph, cfg, patch_sites), arch, cfg)
 
     report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})")
     processed_cfg = apply_processing(graph, arch, cfg, processing)
@@ -119,7 +129,7 @@ def export_bundle(
             "model_file": MODEL_FILE,
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **graph_io(proto),
-            "hooks": hook_entries(hooks, processed_cfg, dtype),
+            "hooks": hook_entries(hooks, processed_cfg, dtype, lambda name: has_patch_inputs(name, patch_sites)),
             "tokenizer_files": tokenizer_files,
         }
         if decoder:

@@ -35,8 +35,22 @@ def _input(name: str, dtype, rank: int) -> gs.Variable:
     return gs.Variable(name, dtype=dtype, shape=[f"{name}_d{i}" for i in range(rank)])
 
 
-def instrument_sites(graph: gs.Graph, cfg: dict) -> list[str]:
-    """Replace the markers in ``graph`` (in place); returns the hook names in graph order."""
+PATCH_SITE_CHOICES = ("all", "resid", "none")
+
+
+def has_patch_inputs(name: str, patch_sites: str) -> bool:
+    """Whether site ``name`` gets substitution inputs under the export option ``patch_sites``."""
+    if patch_sites not in PATCH_SITE_CHOICES:
+        raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
+    return patch_sites == "all" or (patch_sites == "resid" and kind_of(name).suffix.startswith("hook_resid_"))
+
+
+def instrument_sites(graph: gs.Graph, cfg: dict, patch_sites: str = "all") -> list[str]:
+    """Replace the markers in ``graph`` (in place); returns the hook names in graph order.
+
+    ``patch_sites``: which sites get substitution inputs ("all", "resid": the residual stream only,
+    "none"); the others are plain outputs (an Identity named ``<hook>.where``).
+    """
     graph.toposort()
     names: list[str] = []
     for node in [n for n in graph.nodes if n.domain == MARKER_DOMAIN and n.op == MARKER_OP]:
@@ -44,15 +58,19 @@ def instrument_sites(graph: gs.Graph, cfg: dict) -> list[str]:
         x, y = node.inputs[0], node.outputs[0]
         dims = concrete_shape(kind_of(name).dims, cfg)
         dtype = x.dtype if x.dtype is not None else np.float32
-        patch = _input(input_name(name, "patch"), dtype, len(dims))
-        mask = _input(input_name(name, "patch_mask"), np.bool_, len(dims))
-        add = _input(input_name(name, "add"), dtype, len(dims))
-        patched = gs.Variable(f"{name}.patched", dtype=dtype)
         hooked = gs.Variable(name, dtype=dtype, shape=dims)
-        where = gs.Node("Where", name=f"{name}.where", inputs=[mask, patch, x], outputs=[patched])
-        plus = gs.Node("Add", name=f"{name}.add", inputs=[patched, add], outputs=[hooked])
-        graph.nodes += [where, plus]
-        graph.inputs += [patch, mask, add]
+        if has_patch_inputs(name, patch_sites):
+            patch = _input(input_name(name, "patch"), dtype, len(dims))
+            mask = _input(input_name(name, "patch_mask"), np.bool_, len(dims))
+            add = _input(input_name(name, "add"), dtype, len(dims))
+            patched = gs.Variable(f"{name}.patched", dtype=dtype)
+            where = gs.Node("Where", name=f"{name}.where", inputs=[mask, patch, x], outputs=[patched])
+            plus = gs.Node("Add", name=f"{name}.add", inputs=[patched, add], outputs=[hooked])
+            graph.nodes += [where, plus]
+            graph.inputs += [patch, mask, add]
+        else:
+            where = gs.Node("Identity", name=f"{name}.where", inputs=[x], outputs=[hooked])
+            graph.nodes.append(where)
         _replace_uses(graph, x, hooked, skip={id(node), id(where)})
         _replace_uses(graph, y, hooked, skip=set())
         node.outputs.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import onnx
 
 from graphlens.export_names import PATCH_SUFFIXES, input_name
@@ -23,7 +25,8 @@ def graph_io(proto: onnx.ModelProto) -> dict:
     }
 
 
-def hook_entries(hooks: list[str], cfg: dict, dtype: str) -> list[dict]:
+def hook_entries(hooks: list[str], cfg: dict, dtype: str, with_inputs: Callable[[str], bool] = lambda name: True) -> list[dict]:
+    """One manifest entry per hook; ``inputs`` lists its substitution inputs (empty when it has none)."""
     entries = []
     for name in hooks:
         layer, suffix = split_name(name)
@@ -34,7 +37,7 @@ def hook_entries(hooks: list[str], cfg: dict, dtype: str) -> list[dict]:
                 "layer": layer,
                 "shape": concrete_shape(kind_of(name).dims, cfg),
                 "dtype": dtype,
-                "inputs": {kind: input_name(name, kind) for kind in PATCH_SUFFIXES},
+                "inputs": {kind: input_name(name, kind) for kind in PATCH_SUFFIXES} if with_inputs(name) else {},
             }
         )
     return entries

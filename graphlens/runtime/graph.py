@@ -40,6 +40,7 @@ class BundleGraph:
         self.proto = proto
         self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
         self.output_names = [o.name for o in proto.graph.output]
+        self.input_names = {i.name for i in proto.graph.input}
         self._sessions: OrderedDict[tuple, object] = OrderedDict()
         self._types: dict[str, onnx.ValueInfoProto] | None = None
         self._max_sessions = max_sessions

@@ -19,6 +19,7 @@ from graphlens.runtime.config import Config
 from graphlens.runtime.graph import BundleGraph
 from graphlens.runtime.generation import GenerationMixin
 from graphlens.runtime.hook_points import HookPoint
+from graphlens.runtime.feeds import checked_feed
 from graphlens.runtime.hooks import HooksMixin, site_runs
 from graphlens.runtime.layer_bounds import bounded_run
 from graphlens.runtime.partitioned import run_partitioned
@@ -252,11 +253,11 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         """
         feeds = dict(feeds or {})
         fed: dict[str, set[str]] = {}
-        for name in feeds:
-            hook, _, kind = name.rpartition(".")
-            if hook not in self.hook_dict:
-                raise UnknownHookError(hook, self.hook_names)
-            fed.setdefault(hook, set()).add("add" if kind == "add" else "patch")
+        for name in list(feeds):
+            hook, feeds[name] = checked_feed(name, feeds[name], tokens, self)
+            fed.setdefault(hook, set()).add("add" if name.endswith(".add") else "patch")
+            if "patch" in fed[hook] and not {f"{hook}.patch", f"{hook}.patch_mask"} <= set(feeds):
+                raise ValueError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
         hooked = self.hooked_sites() if hooked is None else list(hooked)
         outputs = list(outputs)
         if not hooked and not given and set(outputs) <= set(self.graph.output_names):

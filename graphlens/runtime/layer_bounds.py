@@ -73,5 +73,9 @@ def bounded_run(
     stop_name = residual_before(model, last) if stop_at_layer is not None else None
     wanted = outputs + ([stop_name] if stop_name else [])
     hooked = model.hooked_sites(start_at_layer, stop_at_layer)
+    if not wanted:  # return_type=None: TransformerLens runs everything but the unembedding, for the hooks
+        hooked = [site for site in hooked if not site.startswith("unembed.")]
+        if not hooked:
+            return BoundedRun({}, tokens, None)
     results = model.run_graph(feed, wanted, given=given, hooked=hooked)
     return BoundedRun(results, tokens, results.get(stop_name) if stop_name else None)

@@ -1,0 +1,81 @@
+"""``graphlens.intervene``: a bundle with an intervention spec compiled in, for shipping a steered model.
+
+The result is a standalone bundle: the interventions are constants and plain ops at their sites,
+and every substitution input is gone (as in an export with ``--patch-sites none``), so ONNX Runtime
+can fold and fuse the whole graph. By default only ``logits`` remains an output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, write_manifest
+from graphlens.rewrite.intervene import apply_interventions, load_spec, parse_spec
+from graphlens.rewrite.manifest_io import graph_io, hook_entries
+from graphlens.rewrite.specialise import specialise
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def intervene(
+    bundle: str | os.PathLike,
+    spec,
+    out: str | os.PathLike,
+    keep_hooks: bool = False,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``out``: ``bundle`` with ``spec`` (a JSON/YAML file or a list of entries) compiled in.
+
+    ``keep_hooks``: keep every hook as a graph output (loadable for ``run_with_cache``); otherwise
+    the graph has the same outputs as an unhooked export.
+    """
+    bundle, out = Path(bundle), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
+    if out.resolve() == bundle.resolve():
+        raise ValueError("write the intervened bundle to another folder than its source")
+    manifest = read_manifest(bundle)
+    hooks = [h["name"] for h in manifest["hooks"]]
+    entries, base = load_spec(spec)
+    items = parse_spec(entries, hooks, manifest["config"], manifest["dtype"], base)
+
+    proto = onnx.load(str(bundle / manifest["model_file"]), load_external_data=True)
+    apply_interventions(proto, items, manifest["config"], manifest["dtype"])
+    model_outputs = [o["name"] for o in manifest["outputs"]]
+    compiled = specialise(proto, model_outputs + (hooks if keep_hooks else []))
+    compiled.producer_name, compiled.producer_version = proto.producer_name, proto.producer_version
+    onnx.checker.check_model(compiled, full_check=False)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        big = compiled.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        model_file = manifest["model_file"]
+        if big:
+            onnx.save_model(compiled, tmp / model_file, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=EXTERNAL_DATA_FILE, size_threshold=1024)
+        else:
+            onnx.save_model(compiled, tmp / model_file)
+        for name in manifest.get("tokenizer_files") or []:
+            shutil.copy2(bundle / name, tmp / name)
+        kept = hooks if keep_hooks else []
+        manifest = {
+            **{k: v for k, v in manifest.items() if k != "decoder"},  # the KV-cache graph is not intervened
+            "external_data_file": EXTERNAL_DATA_FILE if big else None,
+            **graph_io(compiled),
+            "hooks": hook_entries(kept, manifest["config"], manifest["dtype"], lambda name: False),
+            "intervention": {"source_bundle": str(bundle), "entries": [i.describe() for i in items]},
+        }
+        write_manifest(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
