@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import BertConfig, GemmaConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import BertConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from graphlens import HookedTransformer
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -28,6 +28,7 @@ _GQA = dict(_SHAPE, num_key_value_heads=2, intermediate_size=96)
 # Folder names must not contain "llama" or "gemma": TransformerLens picks a config branch by name.
 FAMILIES = {
     "neox": GPTNeoXConfig(**_SHAPE, intermediate_size=128, rotary_pct=0.5),
+    "gptj": GPTJConfig(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, vocab_size=300, n_positions=64),
     "rms-gqa": LlamaConfig(**_GQA),
     "mistral": MistralConfig(**_GQA, sliding_window=None),
     "qwen2": Qwen2Config(**_GQA),
@@ -123,7 +124,8 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
 
 
 @pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
-                                         ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized")])
+                                         ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
+                                         ("gptj", "ln2.hook_normalized")])  # GPT-J: TL's copy of ln1, MLP only
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
@@ -152,9 +154,8 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
     assert "BertForMaskedLM" in message
     for hf_class in supported_hf_architectures():
         assert hf_class in message
-    assert {"GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GemmaForCausalLM"} <= set(
-        supported_hf_architectures()
-    )
+    assert {"GPTNeoXForCausalLM", "GPTJForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+            "GemmaForCausalLM"} <= set(supported_hf_architectures())
     assert not (tmp_path / "out").exists()
 
 
@@ -162,7 +163,8 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "gemma": "gm"}.get(name)
+    family = {"gpt_neox": "neox", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
+              "gemma": "gm"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]

@@ -5,12 +5,13 @@ from __future__ import annotations
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
 from graphlens.architectures.gemma import GEMMA
 from graphlens.architectures.gpt2 import GPT2
+from graphlens.architectures.gptj import GPTJ
 from graphlens.architectures.llama import LLAMA
 from graphlens.architectures.mistral import MISTRAL
 from graphlens.architectures.neox import GPT_NEOX
 from graphlens.architectures.qwen2 import QWEN2
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA)}
 
 
 class UnsupportedArchitectureError(ValueError):

@@ -39,6 +39,9 @@ class Norm:
     prefix: str  # "ln1", "ln2", "ln_final"
     module: str
     weight_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
+    # TL has two norms where HF has one (GPT-J's ln_1 feeds attention and MLP): this site is a second
+    # application of ``module`` to the same input, and its result goes to ``feeds`` (the MLP) instead
+    feeds: str | None = None
 
 
 @dataclass(frozen=True)

@@ -92,13 +92,34 @@ class HookedNorm(nn.Module):
         self.prefix, self.rms, self.weight_offset = prefix, rms, weight_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_as(x, self.prefix)
+
+    def apply_as(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        """The norm with its sites named ``prefix`` (another name: TL's second copy of a shared norm)."""
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
-        scale = site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{self.prefix}.hook_scale")
+        scale = site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{prefix}.hook_scale")
         # an offset weight is one Add on the parameter: folding it away leaves x * offset
         weight = self.weight + self.weight_offset if self.weight_offset else self.weight
-        out = site(x / scale, f"{self.prefix}.hook_normalized") * weight
+        out = site(x / scale, f"{prefix}.hook_normalized") * weight
         return out + self.bias if self.bias is not None else out
+
+
+def _feed_norm_copy(source: nn.Module, target: nn.Module, prefix: str) -> None:
+    """``target`` reads ``source`` (an installed HookedNorm) applied again to its input, as sites ``prefix``."""
+    if not isinstance(source, HookedNorm):
+        raise TypeError("a norm copy needs its norm installed first (list it earlier in the adapter's norms)")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_input(module, args):
+        seen["x"] = args[0]
+
+    def replace_input(module, args):
+        # through the registered source module, so the export sees its parameters (not constants)
+        return (source.apply_as(seen.pop("x"), prefix), *args[1:])
+
+    source.register_forward_pre_hook(keep_input)
+    target.register_forward_pre_hook(replace_input)
 
 
 def _mark_part(x: torch.Tensor, name: str, heads: int, part: tuple[int, int]) -> torch.Tensor:
@@ -172,7 +193,10 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             parent = model.get_submodule(parent_path) if parent_path else model
             prefix = _site_name(norm.prefix, layer)
             rms = cfg["normalization_type"] == "RMS"
-            setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset))
+            if norm.feeds:
+                _feed_norm_copy(getattr(parent, child), model.get_submodule(norm.feeds.format(layer=layer)), prefix)
+            else:
+                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset))
     for mark in arch.marks:
         for layer in _layers_of(mark.module, n_layers):
             module = model.get_submodule(mark.module.format(layer=layer))
