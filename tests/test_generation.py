@@ -107,6 +107,14 @@ def test_greedy_equals_hf_generate(model, small_hf):
         np.testing.assert_array_equal(ours, ref.numpy()[:, : ours.shape[1]])
 
 
+def test_raw_bundle_processed_at_load_generates_as_transformer_lens(gpt2_bundles, tl):
+    raw = HookedTransformer.from_pretrained(gpt2_bundles["small", False])  # TL's processing applied at load
+    kwargs = dict(max_new_tokens=8, do_sample=False, stop_at_eos=False)
+    assert raw.generate(PROMPTS, verbose=False, **kwargs) == tl_generate(tl, PROMPTS, **kwargs)
+    shared = raw._decoder_graph.weights.keys() & raw.graph.weights.keys()
+    assert shared and all(raw._decoder_graph.weights[n] is raw.graph.weights[n] for n in shared)  # one copy
+
+
 # ---- sampling ------------------------------------------------------------------------------------------
 def test_sampling_is_reproducible_with_a_seed(model):
     args = dict(max_new_tokens=12, stop_at_eos=False, verbose=False, temperature=1.5)

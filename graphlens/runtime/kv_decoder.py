@@ -44,7 +44,18 @@ def load_decoder_graph(model) -> BundleGraph:
         model._apply_missing_processing(proto, Processing(**loaded["processing"]))
     finally:
         model.manifest = loaded
-    return BundleGraph(proto, model.cfg.device)
+    graph = BundleGraph(proto, model.cfg.device)
+    _share_weights(graph, model.graph)
+    return graph
+
+
+def _share_weights(graph: BundleGraph, main: BundleGraph) -> None:
+    """Let ``graph`` read the weights it has in common with ``main`` from ``main``'s copy (one copy in memory)."""
+    for name, array in list(graph.weights.items()):
+        other = main.weights.get(name)
+        if other is not None and other.shape == array.shape and other.dtype == array.dtype and np.array_equal(other, array):
+            graph.weights[name] = other
+            graph._ort_weights[name] = main._ort_weights[name]
 
 
 class KVDecoder:
