@@ -13,7 +13,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import BertConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (BertConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
+                          Qwen2Config)
 
 from graphlens import HookedTransformer
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -32,6 +33,7 @@ FAMILIES = {
     "rms-gqa": LlamaConfig(**_GQA),
     "mistral": MistralConfig(**_GQA, sliding_window=None),
     "qwen2": Qwen2Config(**_GQA),
+    "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
     "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
 }
 PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
@@ -125,7 +127,8 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
 
 @pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
                                          ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
-                                         ("gptj", "ln2.hook_normalized")])  # GPT-J: TL's copy of ln1, MLP only
+                                         ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
+                                         ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
@@ -155,7 +158,7 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
     for hf_class in supported_hf_architectures():
         assert hf_class in message
     assert {"GPTNeoXForCausalLM", "GPTJForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-            "GemmaForCausalLM"} <= set(supported_hf_architectures())
+            "GemmaForCausalLM", "OPTForCausalLM"} <= set(supported_hf_architectures())
     assert not (tmp_path / "out").exists()
 
 
@@ -164,7 +167,7 @@ def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
     family = {"gpt_neox": "neox", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
-              "gemma": "gm"}.get(name)
+              "gemma": "gm", "opt": "opt"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]

@@ -9,9 +9,10 @@ from graphlens.architectures.gptj import GPTJ
 from graphlens.architectures.llama import LLAMA
 from graphlens.architectures.mistral import MISTRAL
 from graphlens.architectures.neox import GPT_NEOX
+from graphlens.architectures.opt import OPT
 from graphlens.architectures.qwen2 import QWEN2
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA, OPT)}
 
 
 class UnsupportedArchitectureError(ValueError):

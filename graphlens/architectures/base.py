@@ -70,6 +70,9 @@ class Architecture:
     # Linear modules without a bias in HF whose TL bias processing can make non-zero (fold_value_biases' b_O,
     # fold_ln's b_Q…): the export gives them a zero bias, so processed weights have somewhere to go
     zero_biases: tuple[str, ...] = ()
+    # a module ("{layer}") whose input is [batch, pos, d_model] while modules inside it see flattened
+    # tokens [batch*pos, …] (OPT's MLP): their sites are viewed back as [batch, pos, …]
+    flat_tokens_in: str | None = None
     extra: dict = field(default_factory=dict)
 
     def site_suffixes(self) -> list[str]:

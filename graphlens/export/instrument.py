@@ -13,6 +13,7 @@ from transformers import AttentionInterface
 
 from graphlens.architectures import Architecture
 from graphlens.export.markers import site
+from graphlens.sites import kind_of
 
 ATTN_IMPLEMENTATION = "graphlens"
 
@@ -81,15 +82,29 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
 AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
 
 
+class TokenShape:
+    """The [batch, pos] of the running block, for sites inside modules that flatten tokens."""
+
+    shape: tuple | None = None
+
+
+def _site(x: torch.Tensor, name: str, tokens: TokenShape | None = None) -> torch.Tensor:
+    """``site``; a flattened [batch*pos, …] tensor is marked as [batch, pos, …], the site table's shape."""
+    if tokens is not None and tokens.shape is not None and x.ndim == len(kind_of(name).dims) - 1:
+        return site(x.reshape(*tokens.shape, *x.shape[1:]), name).reshape(x.shape)
+    return site(x, name)
+
+
 class HookedNorm(nn.Module):
     """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
 
-    def __init__(self, inner: nn.Module, prefix: str, rms: bool, weight_offset: float = 0.0):
+    def __init__(self, inner: nn.Module, prefix: str, rms: bool, weight_offset: float = 0.0,
+                 tokens: TokenShape | None = None):
         super().__init__()
         self.weight = inner.weight
         self.bias = getattr(inner, "bias", None)
         self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
-        self.prefix, self.rms, self.weight_offset = prefix, rms, weight_offset
+        self.prefix, self.rms, self.weight_offset, self.tokens = prefix, rms, weight_offset, tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_as(x, self.prefix)
@@ -98,10 +113,10 @@ class HookedNorm(nn.Module):
         """The norm with its sites named ``prefix`` (another name: TL's second copy of a shared norm)."""
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
-        scale = site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{prefix}.hook_scale")
+        scale = _site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{prefix}.hook_scale", self.tokens)
         # an offset weight is one Add on the parameter: folding it away leaves x * offset
         weight = self.weight + self.weight_offset if self.weight_offset else self.weight
-        out = site(x / scale, f"{prefix}.hook_normalized") * weight
+        out = _site(x / scale, f"{prefix}.hook_normalized", self.tokens) * weight
         return out + self.bias if self.bias is not None else out
 
 
@@ -130,7 +145,7 @@ def _mark_part(x: torch.Tensor, name: str, heads: int, part: tuple[int, int]) ->
     return torch.stack(pieces, dim=-2).reshape(x.shape)
 
 
-def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None):
+def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None, tokens: TokenShape | None = None):
     def hook(module, args, output):
         first = output[0] if isinstance(output, tuple) else output
         if part:
@@ -139,18 +154,32 @@ def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = No
             shape = first.shape
             marked = site(first.reshape(*shape[:-1], heads, -1), name).reshape(shape)
         else:
-            marked = site(first, name)
+            marked = _site(first, name, tokens)
         return (marked, *output[1:]) if isinstance(output, tuple) else marked
 
     return hook
 
 
-def _mark_input(name: str):
+def _first_input(args: tuple, kwargs: dict) -> tuple[str | int, torch.Tensor]:
+    if args:
+        return 0, args[0]
+    key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+    return key, kwargs[key]
+
+
+def _mark_input(name: str, tokens: TokenShape | None = None):
     def hook(module, args, kwargs):
-        if args:
-            return (site(args[0], name), *args[1:]), kwargs
-        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
-        return args, {**kwargs, key: site(kwargs[key], name)}
+        key, x = _first_input(args, kwargs)
+        if key == 0:
+            return (_site(x, name, tokens), *args[1:]), kwargs
+        return args, {**kwargs, key: _site(x, name, tokens)}
+
+    return hook
+
+
+def _record_tokens(tokens: TokenShape):
+    def hook(module, args, kwargs):
+        tokens.shape = tuple(_first_input(args, kwargs)[1].shape[:2])
 
     return hook
 
@@ -183,6 +212,11 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
     n_layers = cfg["n_layers"]
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     slot = KVSlot()
+    tokens = TokenShape() if arch.flat_tokens_in else None
+    if tokens is not None:
+        for layer in range(n_layers):
+            block = model.get_submodule(arch.flat_tokens_in.format(layer=layer))
+            block.register_forward_pre_hook(_record_tokens(tokens), with_kwargs=True)
     for mark in arch.marks:
         if mark.site == "hook_pos_embed":  # before the marker's hook, so the site sees the zeros
             model.get_submodule(mark.module).register_forward_hook(_zero_padded_positions(slot))
@@ -196,15 +230,16 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             if norm.feeds:
                 _feed_norm_copy(getattr(parent, child), model.get_submodule(norm.feeds.format(layer=layer)), prefix)
             else:
-                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset))
+                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset, tokens))
     for mark in arch.marks:
         for layer in _layers_of(mark.module, n_layers):
             module = model.get_submodule(mark.module.format(layer=layer))
             name = _site_name(mark.site, layer)
             if mark.at == "input":
-                module.register_forward_pre_hook(_mark_input(name), with_kwargs=True)
+                module.register_forward_pre_hook(_mark_input(name, tokens), with_kwargs=True)
             else:
-                module.register_forward_hook(_mark_output(name, cfg[mark.heads] if mark.heads else None, mark.part))
+                heads = cfg[mark.heads] if mark.heads else None
+                module.register_forward_hook(_mark_output(name, heads, mark.part, tokens))
     for layer in range(n_layers):
         attn = model.get_submodule(arch.attention.module.format(layer=layer))
         attn._graphlens_prefix = f"blocks.{layer}"

@@ -17,6 +17,7 @@ _DEFAULTS = dict(
     gated_mlp=False,
     rotary_dim=None,
     rotary_base=10000,
+    rotary_adjacent_pairs=False,
     attn_only=False,
     final_rms=False,
     use_attn_scale=True,
