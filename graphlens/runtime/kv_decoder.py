@@ -66,8 +66,8 @@ class KVDecoder:
         self.device_type, self.device_id = _ort_device(graph.device)
         self.past_names = [f"past_key_values.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
         self.present_names = [f"present.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
-        empty = np.zeros((batch, n_kv_heads, 0, d_head), dtype=dtype)
-        self.past: list[ort.OrtValue] = [self._value(empty) for _ in self.past_names]
+        self._empty = np.zeros((batch, n_kv_heads, 0, d_head), dtype=dtype)
+        self.reset()
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
@@ -78,9 +78,7 @@ class KVDecoder:
 
     def reset(self) -> None:
         """Forget the past (the next step starts from an empty cache)."""
-        batch, heads, _, d_head = self.past[0].shape()
-        empty = np.zeros((batch, heads, 0, d_head), dtype=self.past[0].numpy().dtype)
-        self.past = [self._value(empty) for _ in self.past_names]
+        self.past: list[ort.OrtValue] = [self._value(self._empty) for _ in self.past_names]
 
     def step(
         self,
