@@ -2,6 +2,9 @@
 
     python -m benchmarks.bench_analysis [--repeats 5] [--batch 4] [--pos 64]
 
+On a machine with fewer free cores than OpenBLAS threads (a shared box), numpy's batched SVD slows down
+by an order of magnitude; set OPENBLAS_NUM_THREADS=1 there.
+
 Both run on cached activations of the same tokens (numpy vs torch); weights are read from the ONNX
 initializers (graphlens) or the module parameters (TransformerLens).
 """
@@ -16,12 +19,13 @@ import torch
 
 from benchmarks.common import bundle, hf_folder, log, median_ms, tl_model
 from graphlens import HookedTransformer
+from graphlens.analysis import logit_lens
 
 
-def operations(model, cache, token, to_backend):
+def operations(model, cache, token, to_backend, lens):
     direction = to_backend(model.W_U[:, token])
     return {
-        "logit lens, last position": lambda: cache.accumulated_resid(apply_ln=True, pos_slice=-1) @ model.W_U,
+        "logit lens, last position": lens,
         "decompose_resid(apply_ln)": lambda: cache.decompose_resid(apply_ln=True),
         "head DLA (stack_head_results + logit_attrs)": lambda: cache.logit_attrs(
             cache.stack_head_results(apply_ln=True, pos_slice=-1), to_backend(np.full(4, token)), pos_slice=-1),
@@ -50,14 +54,17 @@ def main() -> None:
         getattr(ours, name)
     first_weights_ms = 1000 * (time.perf_counter() - start)
     _, cache = ours.run_with_cache(tokens)
-    ours_ops = {k: median_ms(f, args.repeats) for k, f in operations(ours, cache, token, np.asarray).items()}
+    ours_lens = lambda: logit_lens(cache, pos_slice=-1)
+    ours_ops = {k: median_ms(f, args.repeats) for k, f in operations(ours, cache, token, np.asarray, ours_lens).items()}
     del cache
 
     log("TransformerLens")
     ref = tl_model(source)
     with torch.no_grad():
         _, ref_cache = ref.run_with_cache(torch.tensor(tokens))
-        ref_ops = {k: median_ms(f, args.repeats) for k, f in operations(ref, ref_cache, token, torch.as_tensor).items()}
+        ref_lens = lambda: ref_cache.accumulated_resid(apply_ln=True, pos_slice=-1) @ ref.W_U + ref.b_U
+        ops = operations(ref, ref_cache, token, torch.as_tensor, ref_lens)
+        ref_ops = {k: median_ms(f, args.repeats) for k, f in ops.items()}
 
     print(f"\nbatch {args.batch} x {args.pos} tokens, gpt2-small shape, CPU; median of {args.repeats} runs (ms)")
     print(f"{'':52s} {'TL 3.9':>9s} {'graphlens':>10s}")

@@ -14,7 +14,9 @@ def logit_lens(cache, pos_slice=None) -> tuple[Float[np.ndarray, "layers *batch_
     """
     model = cache.model
     resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=pos_slice, return_labels=True)
-    return resid @ model.W_U + model.b_U, labels
+    # one 2-D product: numpy's stacked matmul would stream W_U once per leading index
+    logits = resid.reshape(-1, resid.shape[-1]) @ model.W_U + model.b_U
+    return logits.reshape(*resid.shape[:-1], -1), labels
 
 
 def head_logit_attribution(
