@@ -52,9 +52,15 @@ class BundleGraph:
         key = (outputs, fed_key)
         return self.cached(key, lambda: self.compile(specialise(self.proto, outputs, dict(fed_key))))
 
-    def compile(self, model: onnx.ModelProto) -> ort.InferenceSession:
-        """A session for ``model`` (a graph derived from this one), reading the shared weights."""
+    def compile(self, model: onnx.ModelProto, spinning: bool = True) -> ort.InferenceSession:
+        """A session for ``model`` (a graph derived from this one), reading the shared weights.
+
+        ``spinning=False`` for sessions that run one after another (the parts of a partitioned run):
+        idle threads of the previous part would otherwise spin and take the cores from the next one.
+        """
         options = session_options()
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))

@@ -27,7 +27,7 @@ def compiled_plan(
 
     def build():
         p = plan(graph.proto, hooked, outputs, given, dict(fed_key), graph.types)
-        return p, [graph.compile(part.model) if part.model is not None else None for part in p.parts]
+        return p, [graph.compile(part.model, spinning=False) if part.model is not None else None for part in p.parts]
 
     return graph.cached(key, build)
 
