@@ -26,11 +26,14 @@ from tests.test_equivalence import assert_close
 
 _SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=300, max_position_embeddings=64)
 _GQA = dict(_SHAPE, num_key_value_heads=2, intermediate_size=96)
+# Llama 3's rotary scaling, with a short original context so that it changes the low frequencies
+_LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=16)
 # Folder names must not contain "llama" or "gemma": TransformerLens picks a config branch by name.
 FAMILIES = {
     "neox": GPTNeoXConfig(**_SHAPE, intermediate_size=128, rotary_pct=0.5),
     "gptj": GPTJConfig(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, vocab_size=300, n_positions=64),
-    "rms-gqa": LlamaConfig(**_GQA),
+    "rms-gqa": LlamaConfig(**_GQA, rope_parameters=_LLAMA3_ROPE),
     "mistral": MistralConfig(**_GQA, sliding_window=None),
     "qwen2": Qwen2Config(**_GQA),
     "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
@@ -100,6 +103,10 @@ def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
                   "original_architecture"):
         assert getattr(ours, field) == getattr(ref, field), field
     assert float(ours.rotary_base) == float(ref.rotary_base)
+    if ref.use_NTK_by_parts_rope:  # Llama 3's rotary scaling
+        for field in ("use_NTK_by_parts_rope", "NTK_original_ctx_len", "NTK_by_parts_low_freq_factor",
+                      "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor"):
+            assert getattr(ours, field) == getattr(ref, field), field
     # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
     assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
 

@@ -123,11 +123,12 @@ def bias_or_zeros(p: Params, name: str, shape: tuple[int, ...], dtype) -> np.nda
 
 
 def rope_parameters(hf: dict) -> dict:
-    """transformers 5 keeps rotary settings in ``rope_parameters`` (older configs: top-level fields)."""
+    """transformers 5 keeps rotary settings in ``rope_parameters`` (older configs: top-level fields).
+
+    Only the config reads them: the graph computes rotary embeddings with HF's own module, so scaled
+    variants (Llama 3's "llama3" …) run as HF runs them.
+    """
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     rope.setdefault("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000)))
     rope.setdefault("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"rotary scaling {rope_type!r} is not supported yet (only the default rotary embedding)")
     return rope

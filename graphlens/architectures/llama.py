@@ -53,8 +53,22 @@ def base_config(hf: dict, original_architecture: str) -> dict:
     )
 
 
+def _llama3_rope(hf: dict) -> dict:
+    """TransformerLens' fields for Llama 3's NTK-by-parts rotary scaling (the graph runs HF's rotary)."""
+    rope = rope_parameters(hf)
+    if str(rope.get("rope_type", rope.get("type", ""))).lower() != "llama3":
+        return {}
+    return dict(
+        use_NTK_by_parts_rope=True,
+        NTK_original_ctx_len=rope.get("original_max_position_embeddings", hf["max_position_embeddings"]),
+        NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+        NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+        NTK_by_parts_factor=rope.get("factor", 1.0),
+    )
+
+
 def config_from_hf(hf: dict) -> dict:
-    return base_config(hf, "LlamaForCausalLM")
+    return {**base_config(hf, "LlamaForCausalLM"), **_llama3_rope(hf)}
 
 
 def _layer(layer: int) -> str:
