@@ -187,3 +187,16 @@ def test_adapter_weights_round_trip(name, family_bundles):
             np.testing.assert_allclose(value, params[key], rtol=1e-6, atol=0, err_msg=key)  # Gemma: W_E·√d/√d
         else:
             assert not np.any(value), f"{key}: not in the graph but non-zero"
+
+
+@pytest.mark.parametrize("config,problem", [
+    (GPTNeoXConfig(**_SHAPE, use_parallel_residual=False, architectures=["GPTNeoXForCausalLM"]), "use_parallel_residual"),
+    (OPTConfig(**_SHAPE, do_layer_norm_before=False, architectures=["OPTForCausalLM"]), "do_layer_norm_before"),
+    (OPTConfig(**_SHAPE, word_embed_proj_dim=32, architectures=["OPTForCausalLM"]), "word_embed_proj_dim"),
+    (MistralConfig(**_GQA, sliding_window=16, architectures=["MistralForCausalLM"]), "sliding window"),
+], ids=["neox-sequential", "opt-post-norm", "opt-projection", "mistral-short-window"])
+def test_unsupported_variants_fail_at_export_naming_the_setting(tmp_path, config, problem):
+    config.save_pretrained(tmp_path / "hf")  # the config alone: the check comes before any weight is read
+    with pytest.raises(ValueError, match=problem):
+        export_bundle(str(tmp_path / "hf"), tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,9 @@ NORM_OFFSET = 1.0
 
 
 def config_from_hf(hf: dict) -> dict:
-    return {**base_config(hf, "GemmaForCausalLM"), "act_fn": hf.get("hidden_activation") or hf["hidden_act"]}
+    # act_fn is what HF computes: "gelu_pytorch_tanh" (transformers maps Gemma's legacy "gelu" to it);
+    # TransformerLens' fixed Gemma configs say exact "gelu"
+    return base_config(hf, "GemmaForCausalLM")
 
 
 def _is_norm_weight(name: str) -> bool:
