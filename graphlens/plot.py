@@ -152,13 +152,13 @@ def head_attribution(
     """Layer × head heatmap of a per-head score (e.g. ``head_logit_attribution``), 0 in the middle."""
     values = _matrix(values, 2, "values")
     n_layers, n_heads = values.shape
-    fig = _figure(figsize or (max(4.0, 0.45 * n_heads + 2.0), max(3.0, 0.4 * n_layers + 1.5)), dpi)
+    fig = _figure(figsize or (max(5.5, 0.45 * n_heads + 2.0), max(3.0, 0.4 * n_layers + 1.5)), dpi)
     ax = fig.add_subplot()
     _heatmap(fig, ax, values, [f"H{h}" for h in range(n_heads)], [f"L{l}" for l in range(n_layers)], "RdBu",
              centred=True, colorbar_label=value_label)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
 

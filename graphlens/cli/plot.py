@@ -69,5 +69,5 @@ def plot(bundle, prompt, kind, layer, heads, target, output, dpi, device):
                 raise click.BadParameter(str(err), param_hint="--target") from None
         attrs = head_logit_attribution(cache, np.array([token]))[..., 0]
         gplot.head_attribution(attrs, path=output, dpi=dpi,
-                               title=f"Direct logit attribution to {model.to_string(token)!r} at the last position")
+                               title=f"Direct logit attribution to {model.to_string(token)!r} (last position)")
     click.echo(str(output))
