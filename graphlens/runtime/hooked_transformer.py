@@ -339,6 +339,8 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])
         run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
         results, tokens = run.results, run.tokens
+        if reset_hooks_end and clear_contexts:  # as TransformerLens' caching-hooks context on exit
+            self.clear_contexts()
         cache_dict = {name: results[name] for name in names}
         if pos_slice is not None:
             cache_dict = {n: _slice_positions(n, v, Slice.unwrap(pos_slice)) for n, v in cache_dict.items()}
