@@ -42,6 +42,8 @@ _KINDS = [
     SiteKind("attn.hook_attn_scores", ("batch", "n_heads", "query_pos", "key_pos")),
     SiteKind("attn.hook_pattern", ("batch", "n_heads", "query_pos", "key_pos")),
     SiteKind("attn.hook_z", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("ln1_post.hook_scale", ("batch", "pos", 1)),  # Gemma 2: norms after attention and MLP too
+    SiteKind("ln1_post.hook_normalized", ("batch", "pos", "d_model")),
     SiteKind("hook_attn_out", ("batch", "pos", "d_model")),
     SiteKind("hook_resid_mid", ("batch", "pos", "d_model")),
     SiteKind("ln2.hook_scale", ("batch", "pos", 1)),
@@ -49,6 +51,8 @@ _KINDS = [
     SiteKind("mlp.hook_pre", ("batch", "pos", "d_mlp")),
     SiteKind("mlp.hook_pre_linear", ("batch", "pos", "d_mlp")),
     SiteKind("mlp.hook_post", ("batch", "pos", "d_mlp")),
+    SiteKind("ln2_post.hook_scale", ("batch", "pos", 1)),
+    SiteKind("ln2_post.hook_normalized", ("batch", "pos", "d_model")),
     SiteKind("hook_mlp_out", ("batch", "pos", "d_model")),
     SiteKind("hook_resid_post", ("batch", "pos", "d_model")),
     SiteKind("ln_final.hook_scale", ("batch", "pos", 1), per_layer=False),

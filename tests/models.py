@@ -109,13 +109,17 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     if hf.config.architectures == ["GemmaForCausalLM"]:
         cfg = _tl_gemma_config(hf.config)
+    elif hf.config.architectures == ["Gemma2ForCausalLM"]:
+        cfg = _tl_gemma2_config(hf.config)
     else:
         cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
     cfg.tokenizer_name = None  # set below from the folder (TL would try the hub otherwise)
     model = HookedTransformer(cfg)
     model.load_and_process_state_dict(
         get_pretrained_state_dict(folder, cfg, hf_model=hf), fold_ln=processing,
-        center_writing_weights=processing, center_unembed=processing, fold_value_biases=processing,
+        center_writing_weights=processing, fold_value_biases=processing,
+        # as TL's from_pretrained: no center_unembed under a logit soft-cap
+        center_unembed=processing and not cfg.output_logits_soft_cap > 0,
     )
     if (Path(folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
@@ -135,4 +139,21 @@ def _tl_gemma_config(c):
         act_fn="gelu_pytorch_tanh", normalization_type="RMS", rotary_base=10000, rotary_dim=c.head_dim,
         positional_embedding_type="rotary", use_attn_scale=True, n_key_value_heads=c.num_key_value_heads,
         gated_mlp=True, final_rms=True, original_architecture="GemmaForCausalLM", device="cpu",
+    )
+
+
+def _tl_gemma2_config(c):
+    """TL 3.9's gemma-2-2b entry (by hub name only, fixed sizes), with this model's sizes, window and caps."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        act_fn="gelu_pytorch_tanh", normalization_type="RMS", rotary_base=10000.0, rotary_dim=c.head_dim,
+        positional_embedding_type="rotary", use_attn_scale=True, attn_scale=c.query_pre_attn_scalar ** 0.5,
+        n_key_value_heads=c.num_key_value_heads, window_size=c.sliding_window, use_local_attn=True,
+        attn_types=["local", "global"] * (c.num_hidden_layers // 2),  # as TL's entries: even layers local
+        attn_scores_soft_cap=c.attn_logit_softcapping, output_logits_soft_cap=c.final_logit_softcapping,
+        gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
+        original_architecture="Gemma2ForCausalLM", device="cpu",
     )

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import (BertConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
+from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
 from graphlens import HookedTransformer
@@ -38,6 +38,10 @@ FAMILIES = {
     "qwen2": Qwen2Config(**_GQA),
     "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
     "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
+    # layer 0 local (window 4 < the 11 test positions), layer 1 global; caps small enough to bend this
+    # random model's small scores and logits (a cap left out changes logits by > 1e-3)
+    "gm2": Gemma2Config(**_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                        attn_logit_softcapping=0.05, final_logit_softcapping=1.0),
 }
 PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
 
@@ -107,6 +111,10 @@ def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
         for field in ("use_NTK_by_parts_rope", "NTK_original_ctx_len", "NTK_by_parts_low_freq_factor",
                       "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor"):
             assert getattr(ours, field) == getattr(ref, field), field
+    if ref.use_normalization_before_and_after:  # Gemma 2
+        for field in ("use_normalization_before_and_after", "use_local_attn", "window_size", "attn_types",
+                      "attn_scores_soft_cap", "output_logits_soft_cap", "attn_scale"):
+            assert getattr(ours, field) == getattr(ref, field), field
     # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
     assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
 
@@ -134,6 +142,7 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
 
 @pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
                                          ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
+                                         ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
                                          ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
@@ -165,7 +174,7 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
     for hf_class in supported_hf_architectures():
         assert hf_class in message
     assert {"GPTNeoXForCausalLM", "GPTJForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-            "GemmaForCausalLM", "OPTForCausalLM"} <= set(supported_hf_architectures())
+            "GemmaForCausalLM", "Gemma2ForCausalLM", "OPTForCausalLM"} <= set(supported_hf_architectures())
     assert not (tmp_path / "out").exists()
 
 
@@ -174,7 +183,7 @@ def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
     family = {"gpt_neox": "neox", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
-              "gemma": "gm", "opt": "opt"}.get(name)
+              "gemma": "gm", "gemma2": "gm2", "opt": "opt"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]

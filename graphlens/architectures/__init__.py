@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
 from graphlens.architectures.gemma import GEMMA
+from graphlens.architectures.gemma2 import GEMMA2
 from graphlens.architectures.gpt2 import GPT2
 from graphlens.architectures.gptj import GPTJ
 from graphlens.architectures.llama import LLAMA
@@ -12,7 +13,7 @@ from graphlens.architectures.neox import GPT_NEOX
 from graphlens.architectures.opt import OPT
 from graphlens.architectures.qwen2 import QWEN2
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA, OPT)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA2, OPT)}
 
 
 class UnsupportedArchitectureError(ValueError):

@@ -22,19 +22,19 @@ def config_from_hf(hf: dict) -> dict:
 
 
 def _is_norm_weight(name: str) -> bool:
-    return name == "ln_final.w" or name.endswith((".ln1.w", ".ln2.w"))
+    return name == "ln_final.w" or name.endswith((".ln1.w", ".ln2.w", ".ln1_post.w", ".ln2_post.w"))
 
 
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    tl = llama.read_weights(p, cfg)
+def read_weights(p: Params, cfg: dict, norms: tuple[tuple[str, str], ...] = llama.NORMS) -> TLWeights:
+    tl = llama.read_weights(p, cfg, norms)
     tl["embed.W_E"] = tl["embed.W_E"] * np.asarray(cfg["d_model"] ** 0.5, dtype=tl["embed.W_E"].dtype)
     return {k: v + NORM_OFFSET if _is_norm_weight(k) else v for k, v in tl.items()}
 
 
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
+def write_weights(tl: TLWeights, cfg: dict, norms: tuple[tuple[str, str], ...] = llama.NORMS) -> dict[str, np.ndarray]:
     hf = {k: v - NORM_OFFSET if _is_norm_weight(k) else v for k, v in tl.items()}
     hf["embed.W_E"] = hf["embed.W_E"] / np.asarray(cfg["d_model"] ** 0.5, dtype=hf["embed.W_E"].dtype)
-    return llama.write_weights(hf, cfg)
+    return llama.write_weights(hf, cfg, norms)
 
 
 GEMMA = llama_like(

@@ -75,10 +75,11 @@ def _layer(layer: int) -> str:
     return f"model.layers.{layer}"
 
 
-_NORMS = (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))
+NORMS = (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))
 
 
-def read_weights(p: Params, cfg: dict) -> TLWeights:
+def read_weights(p: Params, cfg: dict, norms: tuple[tuple[str, str], ...] = NORMS) -> TLWeights:
+    """HF params → TL state dict; ``norms``: (TL name, HF module in the layer) of each block norm."""
     n, n_kv, h, d, d_mlp = cfg["n_heads"], cfg["n_key_value_heads"], cfg["d_head"], cfg["d_model"], cfg["d_mlp"]
     dtype = p["model.embed_tokens.weight"].dtype
     tl: TLWeights = {
@@ -90,7 +91,7 @@ def read_weights(p: Params, cfg: dict) -> TLWeights:
         tl["ln_final.w"] = p["model.norm.weight"]
     for layer in range(cfg["n_layers"]):
         hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in _NORMS:
+        for tl_ln, hf_ln in norms:
             if f"{hf}.{hf_ln}.weight" in p:
                 tl[f"{b}.{tl_ln}.w"] = p[f"{hf}.{hf_ln}.weight"]
         for name, proj, heads in (("Q", "q_proj", n), ("K", "k_proj", n_kv), ("V", "v_proj", n_kv)):
@@ -106,7 +107,7 @@ def read_weights(p: Params, cfg: dict) -> TLWeights:
     return tl
 
 
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
+def write_weights(tl: TLWeights, cfg: dict, norms: tuple[tuple[str, str], ...] = NORMS) -> dict[str, np.ndarray]:
     d = cfg["d_model"]
     p = {
         "model.embed_tokens.weight": tl["embed.W_E"],
@@ -117,7 +118,7 @@ def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
         p["model.norm.weight"] = tl["ln_final.w"]
     for layer in range(cfg["n_layers"]):
         hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in _NORMS:
+        for tl_ln, hf_ln in norms:
             if f"{b}.{tl_ln}.w" in tl:
                 p[f"{hf}.{hf_ln}.weight"] = tl[f"{b}.{tl_ln}.w"]
         for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):

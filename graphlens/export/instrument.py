@@ -38,7 +38,8 @@ class KVSlot:
     state: KVState | None = None
 
 
-def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+               sliding_window=None, **kwargs):
     """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head]."""
     prefix, spec = module._graphlens_prefix, module._graphlens_sites
     q, k = query.transpose(1, 2), key.transpose(1, 2)  # [b, q, h, d_head], [b, k, h_kv, d_head]
@@ -60,16 +61,21 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(q.transpose(1, 2), k_heads.transpose(-1, -2)) * scaling  # [b, h, q, k]
+    if softcap:  # Gemma 2, as TransformerLens: before the mask, so masked scores stay -inf
+        scores = torch.tanh(scores / softcap) * softcap
     q_len, k_len = scores.shape[-2], scores.shape[-1]
+    query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
+    key_pos = torch.arange(k_len, device=scores.device)[None, :]
     if state is not None or attention_mask is None:
-        query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
-        allowed = torch.arange(k_len, device=scores.device)[None, :] <= query_pos
+        allowed = key_pos <= query_pos
         if state is not None:  # TransformerLens: causal and not padding
             allowed = allowed & state.key_mask[:, None, None, :]
     elif attention_mask.dtype == torch.bool:
         allowed = attention_mask
     else:
         allowed = attention_mask == 0
+    if sliding_window:  # local layers: key j is visible from query i only if i - j < window
+        allowed = allowed & (key_pos > query_pos - sliding_window)
     scores = torch.where(allowed, scores, torch.full((), float("-inf"), dtype=scores.dtype))
     scores = site(scores, f"{prefix}.attn.hook_attn_scores")
     pattern = torch.softmax(scores, dim=-1)

@@ -102,7 +102,8 @@ def process(tl: TLWeights, cfg: dict, processing: Processing) -> dict:
         cfg["normalization_type"] = norm + "Pre"
     if processing.center_writing_weights and cfg["normalization_type"] in ("LN", "LNPre"):
         center_writing_weights(tl, cfg)
-    if processing.center_unembed:
+    # TransformerLens skips it under a logit soft-cap (tanh is not invariant to adding a constant)
+    if processing.center_unembed and not cfg.get("output_logits_soft_cap", -1.0) > 0:
         center_unembed(tl, cfg)
     if processing.fold_value_biases:
         fold_value_biases(tl, cfg)

@@ -21,6 +21,13 @@ _DEFAULTS = dict(
     attn_only=False,
     final_rms=False,
     use_attn_scale=True,
+    attn_scale=-1.0,
+    use_normalization_before_and_after=False,
+    attn_scores_soft_cap=-1.0,
+    output_logits_soft_cap=-1.0,
+    use_local_attn=False,
+    window_size=None,
+    attn_types=None,
     scale_attn_by_inverse_layer_idx=False,
     device="cpu",
     dtype="float32",
@@ -35,7 +42,8 @@ class Config:
         merged = {**_DEFAULTS, **fields}
         if merged["d_vocab_out"] == -1:
             merged["d_vocab_out"] = merged["d_vocab"]
-        merged["attn_scale"] = float(merged["d_head"]) ** 0.5
+        if merged["attn_scale"] == -1.0:
+            merged["attn_scale"] = float(merged["d_head"]) ** 0.5
         object.__setattr__(self, "_fields", merged)
 
     def __getattr__(self, name: str):
