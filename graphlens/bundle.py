@@ -5,14 +5,22 @@ Format version 1. See README "Bundle format" for every field.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
+
+import onnx
 
 FORMAT = "graphlens-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "graphlens.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
+# Above this size the weights go to model.onnx.data (protobuf cannot hold more than 2 GB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 class BundleError(ValueError):
@@ -41,3 +49,33 @@ def read_manifest(path: str | Path) -> dict:
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
     (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def writing_bundle(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` when the block succeeds (removed if it fails).
+
+    Nothing half-written is ever left at ``out``.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model(proto: onnx.ModelProto, path: Path, external_data: bool | None = None) -> bool:
+    """Write ``proto`` to ``path``; weights go to EXTERNAL_DATA_FILE beside it when ``external_data``
+    (None: when the model is over EXTERNAL_DATA_THRESHOLD). Returns whether they did."""
+    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    if external:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+    return external

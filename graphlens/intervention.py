@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 
-from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, write_manifest
+from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, save_model, write_manifest, writing_bundle
 from graphlens.rewrite.intervene import apply_interventions, load_spec, parse_spec
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
 from graphlens.rewrite.specialise import specialise
 
-EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def intervene(
@@ -51,16 +49,9 @@ def intervene(
     compiled.producer_name, compiled.producer_version = proto.producer_name, proto.producer_version
     onnx.checker.check_model(compiled, full_check=False)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        big = compiled.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    with writing_bundle(out) as tmp:
         model_file = manifest["model_file"]
-        if big:
-            onnx.save_model(compiled, tmp / model_file, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=EXTERNAL_DATA_FILE, size_threshold=1024)
-        else:
-            onnx.save_model(compiled, tmp / model_file)
+        big = save_model(compiled, tmp / model_file)
         for name in manifest.get("tokenizer_files") or []:
             shutil.copy2(bundle / name, tmp / name)
         kept = hooks if keep_hooks else []
@@ -72,10 +63,4 @@ def intervene(
             "intervention": {"source_bundle": str(bundle), "entries": [i.describe() for i in items]},
         }
         write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,7 +12,15 @@ import onnx_graphsurgeon as gs
 
 import graphlens
 from graphlens.architectures import architecture_for
-from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, write_manifest
+from graphlens.bundle import (
+    EXTERNAL_DATA_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    save_model,
+    write_manifest,
+    writing_bundle,
+)
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
 from graphlens.rewrite.apply_weights import apply_processing
 from graphlens.rewrite.instrument import (
@@ -26,8 +32,6 @@ from graphlens.rewrite.instrument import (
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
 from graphlens.rewrite.weights import Processing
 
-# Above this size the weights go to model.onnx.data (protobuf cannot hold more than 2 GB).
-EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def _stderr_progress(step: int, total: int, message: str) -> None:
@@ -105,16 +109,9 @@ def export_bundle(
     report(5, steps, "checking the graph")
     onnx.checker.check_model(proto, full_check=False)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with writing_bundle(out) as tmp:
         report(6, steps, f"writing the bundle to {out}")
-        big = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-        if big:
-            onnx.save_model(proto, tmp / MODEL_FILE, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=EXTERNAL_DATA_FILE, size_threshold=1024)
-        else:
-            onnx.save_model(proto, tmp / MODEL_FILE)
+        big = save_model(proto, tmp / MODEL_FILE, external_data)
         tokenizer_files = save_tokenizer(source, tmp)
         manifest = {
             "format": FORMAT,
@@ -137,11 +134,5 @@ def export_bundle(
 
             manifest["decoder"] = write_decoder(decoder_proto, decoder_hooks, tmp, MODEL_FILE)
         write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
     return out
