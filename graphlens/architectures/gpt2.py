@@ -18,9 +18,9 @@ from graphlens.architectures.base import (
 _ACT_FN = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu", "gelu_fast": "gelu_fast", "silu": "silu"}
 
 
-def config_from_hf(hf: dict) -> dict:
-    d_model = hf["n_embd"]
-    n_heads = hf["n_head"]
+def gpt2_style_dims(hf: dict) -> dict:
+    """The model dimensions of an HF config that uses GPT-2's key names (n_embd, n_head, n_inner, ...)."""
+    d_model, n_heads = hf["n_embd"], hf["n_head"]
     return dict(
         d_model=d_model,
         d_head=d_model // n_heads,
@@ -31,8 +31,14 @@ def config_from_hf(hf: dict) -> dict:
         n_ctx=hf["n_positions"],
         d_vocab=hf["vocab_size"],
         d_vocab_out=hf["vocab_size"],
-        act_fn=_ACT_FN[hf.get("activation_function", "gelu_new")],
         eps=hf.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def config_from_hf(hf: dict) -> dict:
+    return dict(
+        **gpt2_style_dims(hf),
+        act_fn=_ACT_FN[hf.get("activation_function", "gelu_new")],
         normalization_type="LN",
         positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel",

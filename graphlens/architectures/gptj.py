@@ -19,22 +19,13 @@ from graphlens.architectures.base import (
     heads_from_linear,
     heads_to_linear,
 )
+from graphlens.architectures.gpt2 import gpt2_style_dims
 
 
 def config_from_hf(hf: dict) -> dict:
-    d_model, n_heads = hf["n_embd"], hf["n_head"]
     return dict(
-        d_model=d_model,
-        d_head=d_model // n_heads,
-        n_heads=n_heads,
-        n_key_value_heads=n_heads,
-        d_mlp=hf.get("n_inner") or 4 * d_model,
-        n_layers=hf["n_layer"],
-        n_ctx=hf["n_positions"],
-        d_vocab=hf["vocab_size"],
-        d_vocab_out=hf["vocab_size"],
+        **gpt2_style_dims(hf),
         act_fn=hf["activation_function"],
-        eps=hf.get("layer_norm_epsilon", 1e-5),
         normalization_type="LN",
         positional_embedding_type="rotary",
         rotary_dim=hf["rotary_dim"],
