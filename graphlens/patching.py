@@ -3,9 +3,11 @@
 Same functions, signatures, index orders and result shapes as TransformerLens 3.9; results are numpy
 (float32). Instead of one forward per index, the patched activations of many indices are stacked
 along the batch axis (variants × the corrupted batch) and run together, from the patched site on:
-the site's value is fed to the graph as an input, so nothing upstream of it is recomputed. Runs are
-chunked to ``memory_budget_mb`` (or ``max_batch`` variants); ``patching_metric`` is still called once
-per index, on that variant's logits ``[batch, pos, d_vocab]``.
+the graph is cut once at every layer's site (``runtime.sweep.SiteSweep``), the corrupted input runs
+through it once, and each batch of variants runs only the parts after its site, so nothing upstream
+of it is recomputed and the sessions are built once per sweep. Runs are chunked to
+``memory_budget_mb`` (or ``max_batch`` variants); ``patching_metric`` is still called once per
+index, on that variant's logits ``[batch, pos, d_vocab]``.
 
 ``patch_setter(corrupted_activation, index, clean_activation)`` works on numpy arrays. Active hooks
 of the model still run, on the batched activations.
@@ -22,6 +24,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.sweep import SiteSweep
 from graphlens.sites import get_act_name
 
 AxisNames = Literal["layer", "pos", "head_index", "head", "src_pos", "dest_pos"]
@@ -92,19 +95,19 @@ def generic_activation_patch(
     per_run = min(per_run, max_batch) if max_batch is not None else per_run
     sites = [get_act_name(activation_name, layer=row[0]) for row in rows]
     site_order = list(dict.fromkeys(sites))
-    _, corrupted = model.run_with_cache(tokens, names_filter=site_order, return_type=None)
+    sweep = SiteSweep(model, tokens, site_order)
 
     results = np.zeros(len(rows), dtype=np.float32)
     bar = tqdm(total=len(rows), disable=not progress, desc=f"patching {activation_name}", leave=False)
     for site in site_order:
         todo = [i for i, s in enumerate(sites) if s == site]
-        clean = as_numpy(clean_cache[site])
+        clean, corrupted = as_numpy(clean_cache[site]), sweep.activation(site)
         for start in range(0, len(todo), per_run):
             chunk = todo[start:start + per_run]
             patched = np.concatenate(
-                [np.asarray(patch_setter(corrupted[site].copy(), rows[i], clean)) for i in chunk]
-            ).astype(corrupted[site].dtype, copy=False)
-            logits = _run_patched(model, tokens, site, patched, len(chunk))
+                [np.asarray(patch_setter(corrupted.copy(), rows[i], clean)) for i in chunk]
+            ).astype(corrupted.dtype, copy=False)
+            logits = _run_patched(model, sweep, tokens, site, patched, len(chunk))
             for v, i in enumerate(chunk):
                 results[i] = float(as_numpy(patching_metric(logits[v * len(tokens):(v + 1) * len(tokens)])))
             bar.update(len(chunk))
@@ -116,9 +119,12 @@ def generic_activation_patch(
     return output
 
 
-def _run_patched(model, tokens: np.ndarray, site: str, patched: np.ndarray, variants: int) -> np.ndarray:
+def _run_patched(model, sweep: SiteSweep, tokens: np.ndarray, site: str, patched: np.ndarray, variants: int) -> np.ndarray:
     if patched.shape[0] != variants * tokens.shape[0]:
         raise ValueError(f"patch_setter returned batch {patched.shape[0] // variants}, expected {tokens.shape[0]} (for {site})")
+    if sweep.supports(site):
+        return sweep.logits(site, patched, variants)
+    # something without a batch axis crosses the cut: a graph cut at this site alone, fed every variant
     hooked = [s for s in model.hooked_sites() if s != site]
     return model.run_graph(np.tile(tokens, (variants, 1)), ["logits"], given={site: patched}, hooked=hooked)["logits"]
 

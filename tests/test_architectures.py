@@ -16,11 +16,12 @@ from onnx import numpy_helper
 from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
-from graphlens import HookedTransformer
+from graphlens import HookedTransformer, patching
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
 from graphlens.bundle import MODEL_FILE
 from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
+from graphlens.runtime.sweep import SiteSweep
 from tests.models import make_causal_lm, tl_reference_from_folder
 from tests.test_equivalence import assert_close
 
@@ -163,6 +164,36 @@ def test_patching_family_sites_equals_transformer_lens(family_bundles, family_di
         ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(name, replace)])
     assert_close(logits, ref_logits, f"logits after patching {name}")
     assert not np.allclose(logits, ours(tokens), atol=1e-3)  # the patch changed something
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_patching_sweep_equals_transformer_lens(family_bundles, family_dirs, family):
+    """Each family's graph cuts into a sweep (only batch-major tensors cross the cuts) and patches as TL."""
+    import transformer_lens.patching as tl_patching
+
+    ours = HookedTransformer.from_pretrained(family_bundles[family, False])
+    tokens = _tokens(5)[:, :6]
+    for kind in ["resid_pre", "z", "q", "k", "v", "pattern", "mlp_out"]:
+        sites = [f"blocks.{layer}.{'attn.hook_' + kind if kind in ('z', 'q', 'k', 'v', 'pattern') else 'hook_' + kind}"
+                 for layer in range(ours.cfg.n_layers)]
+        sweep = SiteSweep(ours, tokens, sites)
+        # OPT's MLP runs on [batch*pos, d_model]: no batch axis to repeat, so its sites use per-site cuts
+        expected = not (family == "opt" and kind == "mlp_out")
+        assert all(sweep.supports(site) for site in sites) == expected, (family, kind)
+    ref = tl_reference_from_folder(family_dirs[family])
+    clean = _tokens(6)[:, :6]
+    _, clean_cache = ours.run_with_cache(clean)
+    with torch.no_grad():
+        _, ref_cache = ref.run_with_cache(torch.tensor(clean))
+
+    def metric(logits):
+        return (logits[:, -1, 11] - logits[:, -1, 42]).mean()
+
+    got = patching.get_act_patch_attn_head_out_all_pos(ours, tokens, clean_cache, metric, progress=False)
+    with torch.no_grad():
+        want = tl_patching.get_act_patch_attn_head_out_all_pos(ref, torch.tensor(tokens), ref_cache, metric).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3 * (1 + np.abs(want).max()), rtol=0)
+    assert np.ptp(want) > 1e-5  # the patches move the metric
 
 
 def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_path):

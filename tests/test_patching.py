@@ -61,13 +61,25 @@ def test_each_by_pos_and_all_pos_function_alone(setup):
 
 def test_batched_runs_and_chunking(setup):
     ours = setup["ours"][0]
-    runs = ours.graph.session_runs
+    n = ours.cfg.n_layers
+    runs, cached = ours.graph.session_runs, len(ours.graph._sessions)
     full = patching.get_act_patch_resid_pre(*setup["ours"], progress=False)
-    assert ours.graph.session_runs - runs == 1 + ours.cfg.n_layers  # corrupted cache, then one run per layer
+    # the graph is cut once at every resid_pre: n + 1 parts run on the corrupted input, then the
+    # variants patched at layer L (all 4 positions in one batch) run only the n - L parts after it
+    assert ours.graph.session_runs - runs == (n + 1) + sum(n - layer for layer in range(n))
+    assert len(ours.graph._sessions) - cached <= 1  # one plan (one set of sessions) for the sweep
     runs = ours.graph.session_runs
     chunked = patching.get_act_patch_resid_pre(*setup["ours"], progress=False, max_batch=3)
-    assert ours.graph.session_runs - runs == 1 + ours.cfg.n_layers * 2  # 4 positions in chunks of 3
+    assert ours.graph.session_runs - runs == (n + 1) + 2 * sum(n - layer for layer in range(n))  # chunks of 3 + 1
     np.testing.assert_allclose(chunked, full, atol=1e-7, rtol=1e-5)
+
+
+def test_cut_per_site_fallback_equals_the_sweep(setup, monkeypatch):
+    # a graph whose cut carries a tensor without a batch axis is patched through a cut at the site alone
+    swept = patching.get_act_patch_attn_head_out_all_pos(*setup["ours"], progress=False)
+    monkeypatch.setattr(patching.SiteSweep, "supports", lambda self, site: False)
+    per_site = patching.get_act_patch_attn_head_out_all_pos(*setup["ours"], progress=False)
+    np.testing.assert_allclose(per_site, swept, atol=1e-5, rtol=1e-4)
 
 
 def test_generic_patch_with_index_df(setup):

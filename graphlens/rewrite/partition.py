@@ -5,7 +5,10 @@ A hooked site loses its ``Where``/``Add``: the part that computes the site's inp
 value as an input. Every other node lands in exactly one part, the earliest whose inputs are ready
 (its *stage*), so no model work is repeated; the tensors live across a cut (the residual stream
 around a hooked ``hook_q``, shape tensors, masks) are outputs of one part and inputs of a later one.
-Nodes that read only constants and initializers are copied into each part that needs them.
+Nodes that read only constants and initializers are copied into each part that needs them, and so
+are the cheap non-float tensors computed from the graph inputs alone (shapes, causal masks, position
+ids): the only tensors that cross a cut are then activations with a leading batch axis, which lets
+a patching sweep feed any part a batch of variants (see ``graphlens.patching``).
 
 Tensors listed as ``given`` are inputs from outside (``start_at_layer``'s residual stream): what
 only they need upstream is pruned away.
@@ -98,18 +101,24 @@ def plan(
 
     def settle(tensor: str) -> None:  # a hooked site's value exists one stage after its pre-hook tensor
         for site in by_pre.get(tensor, ()):
-            stage[site] = stage[tensor] + 1
+            stage[site] = max(stage[tensor], 0) + 1
             settle(site)
 
     for name in list(stage):
         settle(name)
+    graph_inputs = {i.name for i in graph.input} - set(given)
+    wanted = set(outputs) | set(pre.values())
+    light: set[str] = set()  # recomputed in each part that reads them (stage FREE), but not constants
     node_stage: list[int] = []
     for node in kept:
         reads = _reads(node)
         unknown = [t for t in reads if t not in stage]
         if unknown:
             raise ValueError(f"cannot partition: node {node.name} reads {unknown}, which nothing computes")
-        s = max((stage[t] for t in reads), default=FREE)
+        s = max((0 if t in light else stage[t] for t in reads), default=FREE)
+        if s == 0 and _recomputable(node, stage, graph_inputs | light, types, wanted):
+            s = FREE
+            light.update(node.output)
         node_stage.append(s)
         for out in node.output:
             stage[out] = s
@@ -138,6 +147,20 @@ def plan(
         proto = _part_model(model, part_nodes[k], inputs[k], outs, types) if part_nodes[k] else None
         parts.append(Part(proto, inputs[k], outs, hooks))
     return Plan(parts, pre, outputs)
+
+
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _recomputable(node, stage, inputs, types, wanted) -> bool:
+    """Whether ``node`` is a cheap function of ``inputs`` and constants, with no float (activation) output."""
+    if any(stage[t] != FREE and t not in inputs for t in _reads(node)):
+        return False
+    for out in node.output:
+        info = types.get(out)
+        if out in wanted or info is None or info.type.tensor_type.elem_type in _FLOATS:
+            return False
+    return True
 
 
 def _is_fed_input(name: str, fed: Mapping[str, set]) -> bool:

@@ -48,8 +48,18 @@ def run_partitioned(
     """
     given = dict(given or {})
     the_plan, sessions = compiled_plan(graph, hooked, outputs, given, fed)
-    values: dict[str, np.ndarray] = {**feeds, **given}
-    for part, session in zip(the_plan.parts, sessions):
+    values = run_parts(graph, the_plan, sessions, {**feeds, **given}, call_hooks)
+    return {name: values[name] for name in the_plan.outputs}
+
+
+def run_parts(
+    graph: BundleGraph, the_plan: Plan, sessions: list, values: dict[str, np.ndarray], call_hooks: HookCaller, start: int = 0
+) -> dict[str, np.ndarray]:
+    """Run the parts ``start:`` of a compiled plan on ``values`` (updated and returned), with hooks.
+
+    ``values`` holds what those parts read that earlier parts would have computed.
+    """
+    for part, session in zip(the_plan.parts[start:], sessions[start:]):
         if session is not None:
             results = session.run(part.outputs, {name: values[name] for name in part.inputs})
             graph.session_runs += 1
@@ -59,4 +69,4 @@ def run_partitioned(
             if the_plan.pre[site] in the_plan.outputs or not activation.flags.writeable:
                 activation = activation.copy()  # hooks may edit in place; the output keeps its own value
             values[site] = np.ascontiguousarray(call_hooks(site, activation))
-    return {name: values[name] for name in the_plan.outputs}
+    return values
