@@ -1,6 +1,6 @@
 """Train ``pydoc-gpt2``: a tiny GPT-2 that has induction heads, built from offline data only.
 
-Run from the repository root (about ten minutes per 2000 steps on two busy CPU cores):
+Run from the repository root (about 17 minutes on one CPU core):
 
     python models/shipped/pydoc-gpt2/train.py            # writes into this folder
     python models/shipped/pydoc-gpt2/train.py --out DIR  # writes elsewhere
@@ -20,27 +20,22 @@ Nothing is downloaded. The steps:
    with one special token ``<|endoftext|>`` (id 0) that serves as bos, eos and unk,
    like GPT-2's. It does not add bos by itself; callers prepend it.
 
-3. Model. A plain ``GPT2LMHeadModel`` (see CONFIG below). The training data:
-   - 3 text windows per step (phase 3 only): ``[bos] + 255 tokens`` cut at a
-     random place of the train stream (documents joined with ``<|endoftext|>``), and
-   - about 1024 tokens of synthetic sequences per step: "pure repeats"
-     ``[bos] + R + R + S + S + ...`` where R, S are spans of 4 to ~len/2 tokens drawn
-     uniformly from the vocabulary (special token excluded), each shown twice (a few
-     three times); once sequences are 64+ tokens long, 40% of them are instead text
-     chunks interleaved with random spans, most of which come back later.
-   The first occurrence of every random span cannot be predicted, so those tokens are
-   masked out of the loss; the loss is the mean CE over all other tokens of the step.
-   Curriculum, in three phases (default steps 0-500-1000-2200):
-     1. synthetic repeats only, 32 tokens long;
-     2. synthetic repeats only, length growing from 32 to 128;
-     3. 3 text windows per step join the (now 128-token) synthetic sequences, and
-        the learning rate decays (cosine, to 10%).
-   Why: the time an induction head needs to appear grows steeply with the context
-   length, and text competes for the small model's updates.
-   STATUS: with these defaults this has NOT yet produced induction heads on a shared
-   2-core CPU (see README.md, "Status"); it needs more steps than the CPU budget of
-   the first attempt allowed (e.g. ``--device cuda --steps 20000 --phases 5000 10000``).
-   Training is seeded (``--seed``) and runs a fixed number of steps.
+3. Model. A plain ``GPT2LMHeadModel`` (see CONFIG below). Every step trains on
+   - 4 text windows: ``[bos] + 255 tokens`` cut at a random place of the train stream
+     (documents joined with ``<|endoftext|>``), every token a target, from the first step
+     (text gives layer 0 a reason of its own to look at the previous token);
+   - 32 synthetic rows ``[bos, R, R]`` padded to 128 tokens, R a span of 8..60 tokens
+     uniform over the vocabulary (special token excluded), a new length per row so that
+     no fixed offset can copy. The second copy is the target; the first copy cannot be
+     predicted, and as a target it slows the induction circuit's formation, so it only
+     joins the loss after phase 1 (then the model learns to hedge on novel tokens).
+   Phase 1 (default steps 0-1200): heads 1-3 of the last layer are silenced (their
+   outputs zeroed where they enter ``attn.c_proj``), so the induction circuit forms in
+   one head. Without this, all four layer-1 heads became induction heads, and ablating
+   any one of them barely moved the loss. Phase 2: every head trains.
+   AdamW (lr 1e-3 after 100 warmup steps, weight decay 0.01), gradient clipping at 1.0.
+   Training is seeded (``--seed``), runs a fixed number of steps, and takes about 17
+   minutes on one CPU thread.
 
 4. Measurements, written to metrics.json (and described in README.md):
    - ``heldout_text_loss``: mean next-token cross entropy, nats/token, on
@@ -80,8 +75,8 @@ import torch
 
 EOT = "<|endoftext|>"
 TEXT_LEN = 256  # tokens per text window, bos included (= n_positions)
-REPEAT_LEN = (32, 128)  # synthetic sequences grow from 32 to 128 tokens (curriculum)
-REPEAT_TOKENS = 1024  # synthetic tokens per step
+REPEAT_ROW_LEN = 128  # synthetic rows: [bos, R, R] padded to this length
+SPAN_LEN = (8, 60)  # len(R), uniform in this range (inclusive), so no fixed offset can copy
 CONFIG = dict(
     vocab_size=2048,
     n_positions=256,
@@ -175,70 +170,29 @@ def encode_stream(tok, texts: list[str]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- batches
 class BatchMaker:
-    """Builds the two halves of every training step (see the module docstring)."""
+    """Text windows and synthetic repeats (see the module docstring), from one seeded generator."""
 
-    def __init__(self, stream: np.ndarray, vocab_size: int, rng: random.Random):
-        self.stream = stream
-        self.vocab = vocab_size
-        self.rng = rng
+    def __init__(self, stream: np.ndarray, vocab_size: int, rng: np.random.Generator):
+        self.stream, self.vocab, self.rng = stream, vocab_size, rng
 
-    def text(self, length: int) -> list[int]:
-        start = self.rng.randrange(0, len(self.stream) - length)
-        return self.stream[start : start + length].tolist()
+    def text_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[bos] + 255`` tokens cut at random places of the train stream; every token is a target."""
+        starts = self.rng.integers(0, len(self.stream) - TEXT_LEN, size)
+        x = np.stack([np.concatenate([[0], self.stream[s:s + TEXT_LEN - 1]]) for s in starts])
+        return torch.from_numpy(x), torch.from_numpy(x.copy())
 
-    def span(self, length: int) -> list[int]:
-        """Random tokens; up to about half of a sequence of ``length`` tokens."""
-        longest = max(12, (length - 1) // 2)
-        return [self.rng.randrange(1, self.vocab) for _ in range(self.rng.randint(4, longest))]
-
-    def pure_repeats(self, length: int):
-        toks, train = [0], [True]
-        while len(toks) < length:
-            s = self.span(length)
-            toks += s
-            train += [False] * len(s)
-            for _ in range(self.rng.choice([2, 2, 2, 3]) - 1):
-                toks += s
-                train += [True] * len(s)
-        return toks[:length], train[:length]
-
-    def text_with_repeats(self, length: int):
-        toks, train, seen = [0], [True], []
-        while len(toks) < length:
-            r = self.rng.random()
-            if r < 0.4:
-                t = self.text(self.rng.randint(5, 60))
-                toks += t
-                train += [True] * len(t)
-            elif r < 0.7 or not seen:
-                s = self.span(length // 2)
-                seen.append(s)
-                toks += s
-                train += [False] * len(s)
-            else:
-                s = seen.pop(self.rng.randrange(len(seen)))
-                toks += s
-                train += [True] * len(s)
-        return toks[:length], train[:length]
-
-    @staticmethod
-    def _tensors(rows):
-        x = torch.tensor([t for t, _ in rows])
-        y = torch.tensor([[tok if keep else -100 for tok, keep in zip(t, k)] for t, k in rows])
-        return x, y
-
-    def text_batch(self, size: int):
-        return self._tensors([([0] + self.text(TEXT_LEN - 1), [True] * TEXT_LEN) for _ in range(size)])
-
-    def repeat_batch(self, length: int):
-        """About REPEAT_TOKENS tokens of synthetic sequences, each ``length`` long."""
-        rows = []
-        for _ in range(max(1, REPEAT_TOKENS // length)):
-            if length < 64 or self.rng.random() < 0.6:
-                rows.append(self.pure_repeats(length))
-            else:
-                rows.append(self.text_with_repeats(length))
-        return self._tensors(rows)
+    def repeat_batch(self, rows: int, first_copy_in_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[bos, R, R, <pad>...]``, R uniform random tokens; targets: the copies (-100 elsewhere)."""
+        x = np.zeros((rows, REPEAT_ROW_LEN), dtype=np.int64)
+        y = np.full_like(x, -100)
+        for row in range(rows):
+            n = int(self.rng.integers(SPAN_LEN[0], SPAN_LEN[1] + 1))
+            span = self.rng.integers(1, self.vocab, n)
+            x[row, 1:1 + n] = x[row, 1 + n:1 + 2 * n] = span
+            y[row, 1 + n:1 + 2 * n] = span
+            if first_copy_in_loss:
+                y[row, 1:1 + n] = span
+        return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def lm_loss_sum(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -343,12 +297,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=2200)
-    ap.add_argument("--phases", type=int, nargs=2, default=[500, 1000], metavar=("P1", "P2"),
-                    help="steps at which phase 1 and phase 2 end")
-    ap.add_argument("--text-batch", type=int, default=3, help="text windows per step")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--phase1", type=int, default=1200,
+                    help="steps during which only head 0 of the last layer writes its output (0: none)")
+    ap.add_argument("--repeat-rows", type=int, default=32, help="synthetic [bos, R, R] rows per step")
+    ap.add_argument("--text-batch", type=int, default=4, help="text windows per step")
+    ap.add_argument("--first-copy-from", type=int, default=None,
+                    help="step from which the (unpredictable) first copy of R is a target too "
+                         "(default: the end of phase 1; -1: never)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 copes best with a shared CPU)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     ap.add_argument("--log-every", type=int, default=50)
@@ -380,31 +339,16 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {CONFIG['n_layer']} layers, d_model {CONFIG['n_embd']}, {CONFIG['n_head']} heads, {n_params} parameters")
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
-    )
-
-    p1, p2 = args.phases  # end of phase 1 (short repeats), end of phase 2 (growing repeats)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
-        """Linear warmup, constant through phases 1-2, cosine to 10% over phase 3."""
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        if step < p2:
-            return args.lr
-        frac = (step - p2) / max(1, args.steps - p2)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        """Linear warmup, then constant."""
+        return args.lr * min(1.0, (step + 1) / args.warmup)
 
-    def repeat_len_at(step: int) -> int:
-        lo, hi = REPEAT_LEN
-        frac = min(1.0, max(0.0, (step - p1) / max(1, p2 - p1)))
-        return int(lo + frac * (hi - lo)) // 8 * 8
+    # phase 1: only head 0 of the last layer may write to the residual stream (see the docstring)
+    silenced = [(CONFIG["n_layer"] - 1, h) for h in range(1, CONFIG["n_head"])]
 
-    maker = BatchMaker(train_stream, vocab, random.Random(args.seed))
+    maker = BatchMaker(train_stream, vocab, np.random.default_rng(args.seed))
     probe = repeated_random_tokens(vocab, INDUCTION_N, INDUCTION_BATCH, EVAL_SEED)
     heldout_windows = fixed_windows(heldout_stream, 128)
     short_probe = repeated_random_tokens(vocab, 12, 32, EVAL_SEED + 1)  # progress log only
@@ -426,14 +370,17 @@ def main() -> None:
     model.train()
     t_train = time.time()
     running = None
+    silence = HeadAblation(model, silenced).__enter__() if args.phase1 > 0 else None
+    first_copy_from = args.phase1 if args.first_copy_from is None else args.first_copy_from
     for step in range(args.steps):
+        if step == args.phase1 and silence is not None:
+            silence.__exit__(None, None, None)
+            log(f"phase 2 from step {step}: every head trains")
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss_sum, n_tok = lm_loss_sum(model, *maker.repeat_batch(repeat_len_at(step)))
-        if step >= p2:  # phase 3: text joins the synthetic sequences
-            text_sum, text_n = lm_loss_sum(model, *maker.text_batch(args.text_batch))
-            loss_sum, n_tok = loss_sum + text_sum, n_tok + text_n
-        loss = loss_sum / n_tok
+        loss_sum, n_tok = lm_loss_sum(model, *maker.repeat_batch(args.repeat_rows, 0 <= first_copy_from <= step))
+        text_sum, text_n = lm_loss_sum(model, *maker.text_batch(args.text_batch))
+        loss = (loss_sum + text_sum) / (n_tok + text_n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -441,7 +388,7 @@ def main() -> None:
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if (step + 1) % args.log_every == 0:
             el = time.time() - t_train
-            log(f"step {step+1}/{args.steps}  loss {running:.3f}  lr {lr_at(step):.2e}  repeat len {repeat_len_at(step)}  {el:.0f}s")
+            log(f"step {step+1}/{args.steps}  loss {running:.3f}  lr {lr_at(step):.2e}  {el:.0f}s")
         if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             report(step + 1)
     train_seconds = time.time() - t_train
@@ -469,13 +416,15 @@ def main() -> None:
             "steps": args.steps,
             "text_windows_per_step": args.text_batch,
             "text_window_len": TEXT_LEN,
-            "repeat_tokens_per_step": REPEAT_TOKENS,
+            "repeat_rows_per_step": args.repeat_rows,
+            "repeat_row": f"[bos, R, R] padded to {REPEAT_ROW_LEN}, len(R) uniform in {SPAN_LEN[0]}..{SPAN_LEN[1]}",
+            "first_copy_in_loss_from_step": first_copy_from,
             "phases": {
-                "1": f"steps 0-{p1}: synthetic repeats only, 32 tokens long",
-                "2": f"steps {p1}-{p2}: synthetic repeats only, growing to {REPEAT_LEN[1]} tokens",
-                "3": f"steps {p2}-{args.steps}: text windows + {REPEAT_LEN[1]}-token synthetic sequences",
+                "1": f"steps 0-{args.phase1}: heads {silenced} silenced (output zeroed)",
+                "2": f"steps {args.phase1}-{args.steps}: every head trains",
             },
-            "tokens_seen_approx": args.steps * REPEAT_TOKENS + (args.steps - p2) * args.text_batch * TEXT_LEN,
+            "tokens_seen_approx": args.steps * (args.repeat_rows * REPEAT_ROW_LEN + args.text_batch * TEXT_LEN),
+            "weight_decay": args.weight_decay,
             "peak_lr": args.lr,
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.time() - t_start, 1),
