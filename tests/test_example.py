@@ -15,13 +15,6 @@ from graphlens.cli import main
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "shipped" / "pydoc-gpt2"
 
-# Issue 7 is open: the training script is in the repo, its weights are not (no run formed an induction head yet).
-pytestmark = pytest.mark.skipif(
-    not (SHIPPED / "model.safetensors").is_file(),
-    reason="issue 7: models/shipped/pydoc-gpt2 has no trained weights yet (see its README, Status)",
-)
-
-
 @pytest.fixture(scope="module")
 def shipped_bundle(tmp_path_factory):
     """`graphlens export` with no MODEL exports the shipped model (and says so)."""
@@ -46,3 +39,35 @@ def test_induction_example_passes_its_own_checks(shipped_bundle, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "checks passed" in run.stdout
     assert (tmp_path / "induction_head.png").stat().st_size > 10_000
+
+
+def test_graphlens_reproduces_the_training_runs_measurements(shipped_bundle):
+    """metrics.json was measured in torch (HF eager attention) at training time; graphlens reads the same."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    from graphlens import HookedTransformer
+
+    spec = importlib.util.spec_from_file_location("pydoc_train", SHIPPED / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    metrics = json.loads((SHIPPED / "metrics.json").read_text())["induction"]
+    n = train.INDUCTION_N
+    probe = train.repeated_random_tokens(2048, n, train.INDUCTION_BATCH, train.EVAL_SEED).numpy()
+
+    model = HookedTransformer.from_pretrained(shipped_bundle)
+    _, cache = model.run_with_cache(probe, names_filter=lambda name: name.endswith("hook_pattern"))
+    query = np.arange(n + 1, 2 * n + 1)
+    scores = [cache["pattern", layer][:, :, query, query - n + 1].mean(axis=(0, 2)) for layer in range(2)]
+    np.testing.assert_allclose(scores, metrics["induction_scores"], atol=2e-4)
+
+    layer, head = metrics["best_head"]["layer"], metrics["best_head"]["head"]
+    mask = np.zeros((1, 1, model.cfg.n_heads, 1), dtype=bool)
+    mask[:, :, head] = True
+    z = f"blocks.{layer}.attn.hook_z"
+    ablate = {f"{z}.patch": np.zeros((1, 1, model.cfg.n_heads, model.cfg.d_head), np.float32), f"{z}.patch_mask": mask}
+    for feeds, key in [(None, "second_half_loss"), (ablate, "second_half_loss_best_head_ablated")]:
+        per_token = model.loss_fn(model.run_graph(probe, ["logits"], feeds)["logits"], probe, per_token=True)
+        assert abs(float(per_token[:, n + 1:].mean()) - metrics[key]) < 2e-3, key

@@ -1,6 +1,6 @@
 """Train ``pydoc-gpt2``: a tiny GPT-2 that has induction heads, built from offline data only.
 
-Run from the repository root (about 17 minutes on one CPU core):
+Run from the repository root (about 15 minutes on one CPU core):
 
     python models/shipped/pydoc-gpt2/train.py            # writes into this folder
     python models/shipped/pydoc-gpt2/train.py --out DIR  # writes elsewhere
@@ -34,7 +34,7 @@ Nothing is downloaded. The steps:
    one head. Without this, all four layer-1 heads became induction heads, and ablating
    any one of them barely moved the loss. Phase 2: every head trains.
    AdamW (lr 1e-3 after 100 warmup steps, weight decay 0.01), gradient clipping at 1.0.
-   Training is seeded (``--seed``), runs a fixed number of steps, and takes about 17
+   Training is seeded (``--seed``), runs a fixed number of steps, and takes about 15
    minutes on one CPU thread.
 
 4. Measurements, written to metrics.json (and described in README.md):
