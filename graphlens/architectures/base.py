@@ -1,7 +1,8 @@
 """What an architecture adapter declares: where its hook sites are and how its weights map to TransformerLens'.
 
-An adapter is data plus two weight-layout functions. It imports no torch: the runtime uses the same
-adapter to read TransformerLens-shaped weights (``W_Q`` …) straight from ONNX initializers.
+An adapter is data: its sites, its config mapping, and its parameter table (``params.ParamTable``, whose
+``read``/``write`` are the adapter's ``read_weights``/``write_weights``). It imports no torch: the runtime
+uses the same adapter to read TransformerLens-shaped weights (``W_Q`` …) straight from ONNX initializers.
 """
 
 from __future__ import annotations
@@ -120,6 +121,22 @@ def heads_to_linear(w: np.ndarray) -> np.ndarray:
 def bias_or_zeros(p: Params, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A bias HF may not have (Llama's projections): TL's state dict has zeros there."""
     return p[name] if name in p else np.zeros(shape, dtype=dtype)
+
+
+def standard_dims(hf: dict, d_mlp_key: str = "intermediate_size") -> dict:
+    """The model dimensions of an HF config with the common key names (hidden_size, num_attention_heads, ...)."""
+    n_heads = hf["num_attention_heads"]
+    return dict(
+        d_model=hf["hidden_size"],
+        d_head=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        n_heads=n_heads,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf[d_mlp_key],
+        n_layers=hf["num_hidden_layers"],
+        n_ctx=hf["max_position_embeddings"],
+        d_vocab=hf["vocab_size"],
+        d_vocab_out=hf["vocab_size"],
+    )
 
 
 def rope_parameters(hf: dict) -> dict:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from graphlens.architectures import gemma
-from graphlens.architectures.base import Mark, Norm, Params, TLWeights
+from graphlens.architectures.base import Mark, Norm
 from graphlens.architectures.llama import base_config, llama_like
 
 _LAYER = "model.layers.{layer}"
@@ -44,14 +42,6 @@ def config_from_hf(hf: dict) -> dict:
     )
 
 
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    return gemma.read_weights(p, cfg, _NORMS)
-
-
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
-    return gemma.write_weights(tl, cfg, _NORMS)
-
-
 def _gemma2_marks(marks: tuple[Mark, ...]) -> tuple[Mark, ...]:
     # attention and MLP outputs are what the post-norms return; the MLP reads pre_feedforward_layernorm
     moved = {
@@ -69,8 +59,7 @@ _BASE = llama_like(
     "as Gemma, with post-attention/post-MLP RMSNorms, alternating sliding-window and global attention, "
     "attention-score and logit soft-capping",
     config_from_hf,
-    read=read_weights,
-    write=write_weights,
+    params=gemma.gemma_params(_NORMS),
 )
 GEMMA2 = dataclasses.replace(
     _BASE,

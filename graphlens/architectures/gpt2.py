@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from graphlens.architectures.base import (
-    Architecture,
-    AttentionSites,
-    Mark,
-    Norm,
-    Params,
-    TLWeights,
-    merge_heads,
-    split_heads,
-)
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
+from graphlens.architectures.params import (CONV1D_OUT, CONV1D_QKV, CONV1D_QKV_BIAS, QKV, QKV_BIASES, Param, ParamTable,
+                                            norm_rows, unembed_rows)
 
 _ACT_FN = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu", "gelu_fast": "gelu_fast", "silu": "silu"}
 
@@ -48,59 +39,24 @@ def config_from_hf(hf: dict) -> dict:
     )
 
 
-def _block(layer: int) -> str:
-    return f"transformer.h.{layer}"
+_H = "transformer.h.{layer}"
 
-
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    d, n_heads = cfg["d_model"], cfg["n_heads"]
-    tl: TLWeights = {
-        "embed.W_E": p["transformer.wte.weight"],
-        "pos_embed.W_pos": p["transformer.wpe.weight"],
-        "unembed.W_U": p["lm_head.weight"].T,
-        "unembed.b_U": p["lm_head.bias"],
-    }
-    if "transformer.ln_f.weight" in p:
-        tl["ln_final.w"], tl["ln_final.b"] = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _block(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            if f"{hf}.{hf_ln}.weight" in p:
-                tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"] = p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"]
-        w_qkv, b_qkv = p[f"{hf}.attn.c_attn.weight"], p[f"{hf}.attn.c_attn.bias"]
-        for i, name in enumerate("QKV"):
-            tl[f"{b}.attn.W_{name}"] = split_heads(w_qkv[:, i * d : (i + 1) * d], n_heads)
-            tl[f"{b}.attn.b_{name}"] = b_qkv[i * d : (i + 1) * d].reshape(n_heads, -1)
-        tl[f"{b}.attn.W_O"] = p[f"{hf}.attn.c_proj.weight"].reshape(n_heads, -1, d)
-        tl[f"{b}.attn.b_O"] = p[f"{hf}.attn.c_proj.bias"]
-        tl[f"{b}.mlp.W_in"], tl[f"{b}.mlp.b_in"] = p[f"{hf}.mlp.c_fc.weight"], p[f"{hf}.mlp.c_fc.bias"]
-        tl[f"{b}.mlp.W_out"], tl[f"{b}.mlp.b_out"] = p[f"{hf}.mlp.c_proj.weight"], p[f"{hf}.mlp.c_proj.bias"]
-    return tl
-
-
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
-    d = cfg["d_model"]
-    p = {
-        "transformer.wte.weight": tl["embed.W_E"],
-        "transformer.wpe.weight": tl["pos_embed.W_pos"],
-        "lm_head.weight": tl["unembed.W_U"].T,
-        "lm_head.bias": tl["unembed.b_U"],
-    }
-    if "ln_final.w" in tl:
-        p["transformer.ln_f.weight"], p["transformer.ln_f.bias"] = tl["ln_final.w"], tl["ln_final.b"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _block(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            if f"{b}.{tl_ln}.w" in tl:
-                p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"] = tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"]
-        p[f"{hf}.attn.c_attn.weight"] = np.concatenate([merge_heads(tl[f"{b}.attn.W_{n}"]) for n in "QKV"], axis=1)
-        p[f"{hf}.attn.c_attn.bias"] = np.concatenate([tl[f"{b}.attn.b_{n}"].reshape(-1) for n in "QKV"])
-        p[f"{hf}.attn.c_proj.weight"] = tl[f"{b}.attn.W_O"].reshape(-1, d)
-        p[f"{hf}.attn.c_proj.bias"] = tl[f"{b}.attn.b_O"]
-        p[f"{hf}.mlp.c_fc.weight"], p[f"{hf}.mlp.c_fc.bias"] = tl[f"{b}.mlp.W_in"], tl[f"{b}.mlp.b_in"]
-        p[f"{hf}.mlp.c_proj.weight"], p[f"{hf}.mlp.c_proj.bias"] = tl[f"{b}.mlp.W_out"], tl[f"{b}.mlp.b_out"]
-    return p
-
+PARAMS = ParamTable((
+    Param("transformer.wte.weight", "embed.W_E"),
+    Param("transformer.wpe.weight", "pos_embed.W_pos"),
+    *norm_rows(f"{_H}.ln_1", "blocks.{layer}.ln1"),
+    Param(f"{_H}.attn.c_attn.weight", QKV, CONV1D_QKV),
+    Param(f"{_H}.attn.c_attn.bias", QKV_BIASES, CONV1D_QKV_BIAS),
+    Param(f"{_H}.attn.c_proj.weight", "blocks.{layer}.attn.W_O", CONV1D_OUT),
+    Param(f"{_H}.attn.c_proj.bias", "blocks.{layer}.attn.b_O"),
+    *norm_rows(f"{_H}.ln_2", "blocks.{layer}.ln2"),
+    Param(f"{_H}.mlp.c_fc.weight", "blocks.{layer}.mlp.W_in"),  # Conv1D: already [in, out]
+    Param(f"{_H}.mlp.c_fc.bias", "blocks.{layer}.mlp.b_in"),
+    Param(f"{_H}.mlp.c_proj.weight", "blocks.{layer}.mlp.W_out"),
+    Param(f"{_H}.mlp.c_proj.bias", "blocks.{layer}.mlp.b_out"),
+    *norm_rows("transformer.ln_f", "ln_final"),
+    *unembed_rows(),
+))
 
 GPT2 = Architecture(
     name="gpt2",
@@ -127,6 +83,6 @@ GPT2 = Architecture(
     ),
     attention=AttentionSites("transformer.h.{layer}.attn"),
     config_from_hf=config_from_hf,
-    read_weights=read_weights,
-    write_weights=write_weights,
+    read_weights=PARAMS.read,
+    write_weights=PARAMS.write,
 )

@@ -6,19 +6,8 @@ time for the MLP, so ``ln2`` has its own sites, and the state dict's ln2 is ln1'
 
 from __future__ import annotations
 
-import numpy as np
-
-from graphlens.architectures.base import (
-    Architecture,
-    AttentionSites,
-    Mark,
-    Norm,
-    Params,
-    TLWeights,
-    bias_or_zeros,
-    heads_from_linear,
-    heads_to_linear,
-)
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
+from graphlens.architectures.params import Layout, Param, ParamTable, linear_mlp_rows, norm_rows, separate_qkv_rows, unembed_rows
 from graphlens.architectures.gpt2 import gpt2_style_dims
 
 
@@ -35,59 +24,20 @@ def config_from_hf(hf: dict) -> dict:
     )
 
 
-def _block(layer: int) -> str:
-    return f"transformer.h.{layer}"
+_H = "transformer.h.{layer}"
+_ATTN = f"{_H}.attn"
+# HF's one ln_1 is TL's ln1 and ln2 (equal); writing takes ln1's (fold_ln removes both)
+_SHARED_NORM = Layout(lambda a, cfg: (a, a), lambda t, cfg: t[0])
 
-
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    n, h, d = cfg["n_heads"], cfg["d_head"], cfg["d_model"]
-    dtype = p["transformer.wte.weight"].dtype
-    tl: TLWeights = {
-        "embed.W_E": p["transformer.wte.weight"],
-        "unembed.W_U": p["lm_head.weight"].T,
-        "unembed.b_U": p["lm_head.bias"],
-    }
-    if "transformer.ln_f.weight" in p:
-        tl["ln_final.w"], tl["ln_final.b"] = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _block(layer), f"blocks.{layer}"
-        if f"{hf}.ln_1.weight" in p:
-            for ln in ("ln1", "ln2"):
-                tl[f"{b}.{ln}.w"], tl[f"{b}.{ln}.b"] = p[f"{hf}.ln_1.weight"], p[f"{hf}.ln_1.bias"]
-        for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            tl[f"{b}.attn.W_{name}"] = heads_from_linear(p[f"{hf}.attn.{proj}.weight"], n)
-            tl[f"{b}.attn.b_{name}"] = bias_or_zeros(p, f"{hf}.attn.{proj}.bias", (n * h,), dtype).reshape(n, h)
-        tl[f"{b}.attn.W_O"] = p[f"{hf}.attn.out_proj.weight"].T.reshape(n, h, d)
-        tl[f"{b}.attn.b_O"] = bias_or_zeros(p, f"{hf}.attn.out_proj.bias", (d,), dtype)
-        tl[f"{b}.mlp.W_in"], tl[f"{b}.mlp.b_in"] = p[f"{hf}.mlp.fc_in.weight"].T, p[f"{hf}.mlp.fc_in.bias"]
-        tl[f"{b}.mlp.W_out"], tl[f"{b}.mlp.b_out"] = p[f"{hf}.mlp.fc_out.weight"].T, p[f"{hf}.mlp.fc_out.bias"]
-    return tl
-
-
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
-    d = cfg["d_model"]
-    p = {
-        "transformer.wte.weight": tl["embed.W_E"],
-        "lm_head.weight": tl["unembed.W_U"].T,
-        "lm_head.bias": tl["unembed.b_U"],
-    }
-    if "ln_final.w" in tl:
-        p["transformer.ln_f.weight"], p["transformer.ln_f.bias"] = tl["ln_final.w"], tl["ln_final.b"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _block(layer), f"blocks.{layer}"
-        if f"{b}.ln1.w" in tl:  # ln2 is the same HF norm; fold_ln removes both
-            p[f"{hf}.ln_1.weight"], p[f"{hf}.ln_1.bias"] = tl[f"{b}.ln1.w"], tl[f"{b}.ln1.b"]
-        for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            p[f"{hf}.attn.{proj}.weight"] = heads_to_linear(tl[f"{b}.attn.W_{name}"])
-            p[f"{hf}.attn.{proj}.bias"] = tl[f"{b}.attn.b_{name}"].reshape(-1)
-        p[f"{hf}.attn.out_proj.weight"] = tl[f"{b}.attn.W_O"].reshape(-1, d).T
-        p[f"{hf}.attn.out_proj.bias"] = tl[f"{b}.attn.b_O"]
-        p[f"{hf}.mlp.fc_in.weight"], p[f"{hf}.mlp.fc_in.bias"] = tl[f"{b}.mlp.W_in"].T, tl[f"{b}.mlp.b_in"]
-        p[f"{hf}.mlp.fc_out.weight"], p[f"{hf}.mlp.fc_out.bias"] = tl[f"{b}.mlp.W_out"].T, tl[f"{b}.mlp.b_out"]
-    return p
-
-
-_ATTN = "transformer.h.{layer}.attn"
+PARAMS = ParamTable((
+    Param("transformer.wte.weight", "embed.W_E"),
+    Param(f"{_H}.ln_1.weight", ("blocks.{layer}.ln1.w", "blocks.{layer}.ln2.w"), _SHARED_NORM, missing="skip"),
+    Param(f"{_H}.ln_1.bias", ("blocks.{layer}.ln1.b", "blocks.{layer}.ln2.b"), _SHARED_NORM, missing="skip"),
+    *separate_qkv_rows(_ATTN, "q_proj", "k_proj", "v_proj", "out_proj"),
+    *linear_mlp_rows(f"{_H}.mlp.fc_in", f"{_H}.mlp.fc_out"),
+    *norm_rows("transformer.ln_f", "ln_final"),
+    *unembed_rows(),
+))
 
 GPTJ = Architecture(
     name="gptj",
@@ -114,7 +64,7 @@ GPTJ = Architecture(
     ),
     attention=AttentionSites(_ATTN, "attn.hook_rot_q", "attn.hook_rot_k"),
     config_from_hf=config_from_hf,
-    read_weights=read_weights,
-    write_weights=write_weights,
+    read_weights=PARAMS.read,
+    write_weights=PARAMS.write,
     zero_biases=tuple(f"{_ATTN}.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj")),
 )

@@ -7,20 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
-from graphlens.architectures.base import (
-    Architecture,
-    AttentionSites,
-    Mark,
-    Norm,
-    Params,
-    TLWeights,
-    bias_or_zeros,
-    heads_from_linear,
-    heads_to_linear,
-    rope_parameters,
-)
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, rope_parameters, standard_dims
+from graphlens.architectures.params import (SAME, TRANSPOSED, Layout, Param, ParamTable, linear_mlp_rows, norm_rows,
+                                            separate_qkv_rows, unembed_rows)
 
 _ATTN = "model.layers.{layer}.self_attn"
 _MLP = "model.layers.{layer}.mlp"
@@ -28,23 +17,14 @@ _MLP = "model.layers.{layer}.mlp"
 
 def base_config(hf: dict, original_architecture: str) -> dict:
     """The HookedTransformerConfig fields Llama-layout families share (TL's convert_hf_model_config)."""
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    dims = standard_dims(hf)
     return dict(
-        d_model=hf["hidden_size"],
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_ctx=hf["max_position_embeddings"],
-        d_vocab=hf["vocab_size"],
-        d_vocab_out=hf["vocab_size"],
+        **dims,
         act_fn=hf["hidden_act"],
         eps=hf["rms_norm_eps"],
         normalization_type="RMS",
         positional_embedding_type="rotary",
-        rotary_dim=d_head,
+        rotary_dim=dims["d_head"],
         rotary_base=rope_parameters(hf)["rope_theta"],
         rotary_adjacent_pairs=False,
         final_rms=True,
@@ -71,67 +51,22 @@ def config_from_hf(hf: dict) -> dict:
     return {**base_config(hf, "LlamaForCausalLM"), **_llama3_rope(hf)}
 
 
-def _layer(layer: int) -> str:
-    return f"model.layers.{layer}"
+_LAYER = "model.layers.{layer}"
+NORMS = (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))  # (TL name, HF module in the layer)
 
 
-NORMS = (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))
-
-
-def read_weights(p: Params, cfg: dict, norms: tuple[tuple[str, str], ...] = NORMS) -> TLWeights:
-    """HF params → TL state dict; ``norms``: (TL name, HF module in the layer) of each block norm."""
-    n, n_kv, h, d, d_mlp = cfg["n_heads"], cfg["n_key_value_heads"], cfg["d_head"], cfg["d_model"], cfg["d_mlp"]
-    dtype = p["model.embed_tokens.weight"].dtype
-    tl: TLWeights = {
-        "embed.W_E": p["model.embed_tokens.weight"],
-        "unembed.W_U": p["lm_head.weight"].T,
-        "unembed.b_U": p["lm_head.bias"],
-    }
-    if "model.norm.weight" in p:
-        tl["ln_final.w"] = p["model.norm.weight"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in norms:
-            if f"{hf}.{hf_ln}.weight" in p:
-                tl[f"{b}.{tl_ln}.w"] = p[f"{hf}.{hf_ln}.weight"]
-        for name, proj, heads in (("Q", "q_proj", n), ("K", "k_proj", n_kv), ("V", "v_proj", n_kv)):
-            tl[f"{b}.attn.W_{name}"] = heads_from_linear(p[f"{hf}.self_attn.{proj}.weight"], heads)
-            tl[f"{b}.attn.b_{name}"] = bias_or_zeros(p, f"{hf}.self_attn.{proj}.bias", (heads * h,), dtype).reshape(heads, h)
-        tl[f"{b}.attn.W_O"] = p[f"{hf}.self_attn.o_proj.weight"].T.reshape(n, h, d)
-        tl[f"{b}.attn.b_O"] = bias_or_zeros(p, f"{hf}.self_attn.o_proj.bias", (d,), dtype)
-        tl[f"{b}.mlp.W_in"] = p[f"{hf}.mlp.up_proj.weight"].T
-        tl[f"{b}.mlp.W_gate"] = p[f"{hf}.mlp.gate_proj.weight"].T
-        tl[f"{b}.mlp.b_in"] = bias_or_zeros(p, f"{hf}.mlp.up_proj.bias", (d_mlp,), dtype)
-        tl[f"{b}.mlp.W_out"] = p[f"{hf}.mlp.down_proj.weight"].T
-        tl[f"{b}.mlp.b_out"] = bias_or_zeros(p, f"{hf}.mlp.down_proj.bias", (d,), dtype)
-    return tl
-
-
-def write_weights(tl: TLWeights, cfg: dict, norms: tuple[tuple[str, str], ...] = NORMS) -> dict[str, np.ndarray]:
-    d = cfg["d_model"]
-    p = {
-        "model.embed_tokens.weight": tl["embed.W_E"],
-        "lm_head.weight": tl["unembed.W_U"].T,
-        "lm_head.bias": tl["unembed.b_U"],
-    }
-    if "ln_final.w" in tl:
-        p["model.norm.weight"] = tl["ln_final.w"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in norms:
-            if f"{b}.{tl_ln}.w" in tl:
-                p[f"{hf}.{hf_ln}.weight"] = tl[f"{b}.{tl_ln}.w"]
-        for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            p[f"{hf}.self_attn.{proj}.weight"] = heads_to_linear(tl[f"{b}.attn.W_{name}"])
-            p[f"{hf}.self_attn.{proj}.bias"] = tl[f"{b}.attn.b_{name}"].reshape(-1)
-        p[f"{hf}.self_attn.o_proj.weight"] = tl[f"{b}.attn.W_O"].reshape(-1, d).T
-        p[f"{hf}.self_attn.o_proj.bias"] = tl[f"{b}.attn.b_O"]
-        p[f"{hf}.mlp.up_proj.weight"] = tl[f"{b}.mlp.W_in"].T
-        p[f"{hf}.mlp.gate_proj.weight"] = tl[f"{b}.mlp.W_gate"].T
-        p[f"{hf}.mlp.up_proj.bias"] = tl[f"{b}.mlp.b_in"]
-        p[f"{hf}.mlp.down_proj.weight"] = tl[f"{b}.mlp.W_out"].T
-        p[f"{hf}.mlp.down_proj.bias"] = tl[f"{b}.mlp.b_out"]
-    return p
+def llama_params(norms: tuple[tuple[str, str], ...] = NORMS, norm_layout: Layout = SAME,
+                 embed_layout: Layout = SAME) -> ParamTable:
+    """The parameter table of Llama's module layout (biases HF lacks are TL zeros)."""
+    return ParamTable((
+        Param("model.embed_tokens.weight", "embed.W_E", embed_layout),
+        *(row for tl, hf in norms for row in norm_rows(f"{_LAYER}.{hf}", f"blocks.{{layer}}.{tl}", False, norm_layout)),
+        *separate_qkv_rows(_ATTN, "q_proj", "k_proj", "v_proj", "o_proj", kv_heads="n_key_value_heads"),
+        *linear_mlp_rows(f"{_MLP}.up_proj", f"{_MLP}.down_proj", biases="zeros"),
+        Param(f"{_MLP}.gate_proj.weight", "blocks.{layer}.mlp.W_gate", TRANSPOSED),
+        *norm_rows("model.norm", "ln_final", False, norm_layout),
+        *unembed_rows(),
+    ))
 
 
 def llama_like(
@@ -141,8 +76,7 @@ def llama_like(
     description: str,
     config: Callable[[dict], dict],
     zero_biases: tuple[str, ...] = (),
-    read: Callable[[Params, dict], TLWeights] = read_weights,
-    write: Callable[[TLWeights, dict], dict[str, np.ndarray]] = write_weights,
+    params: ParamTable = llama_params(),
     norm_weight_offset: float = 0.0,
 ) -> Architecture:
     """An adapter for a family with Llama's modules (``model.layers.L.self_attn.q_proj`` …)."""
@@ -173,8 +107,8 @@ def llama_like(
         ),
         attention=AttentionSites(_ATTN, "attn.hook_rot_q", "attn.hook_rot_k"),
         config_from_hf=config,
-        read_weights=read,
-        write_weights=write,
+        read_weights=params.read,
+        write_weights=params.write,
         zero_biases=zero_biases,
     )
 

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, Params, TLWeights, rope_parameters
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, rope_parameters, standard_dims
+from graphlens.architectures.params import (LINEAR_OUT, PER_HEAD_QKV, PER_HEAD_QKV_BIAS, QKV, QKV_BIASES, Param, ParamTable,
+                                            linear_mlp_rows, norm_rows, unembed_rows)
 
 
 def config_from_hf(hf: dict) -> dict:
     if not hf.get("use_parallel_residual", True):
         raise ValueError("GPT-NeoX with use_parallel_residual=False is not supported yet (only parallel blocks)")
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = d_model // n_heads
+    dims = standard_dims(hf)
     return dict(
-        d_model=d_model,
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=n_heads,
-        d_mlp=hf["intermediate_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_ctx=hf["max_position_embeddings"],
-        d_vocab=hf["vocab_size"],
-        d_vocab_out=hf["vocab_size"],
+        **dims,
         act_fn=hf["hidden_act"],
         eps=hf["layer_norm_eps"],
         normalization_type="LN",
         positional_embedding_type="rotary",
-        rotary_dim=round(rope_parameters(hf)["partial_rotary_factor"] * d_head),
+        rotary_dim=round(rope_parameters(hf)["partial_rotary_factor"] * dims["d_head"]),
         rotary_base=rope_parameters(hf)["rope_theta"],
         rotary_adjacent_pairs=False,
         parallel_attn_mlp=True,
@@ -35,63 +26,21 @@ def config_from_hf(hf: dict) -> dict:
     )
 
 
-def _layer(layer: int) -> str:
-    return f"gpt_neox.layers.{layer}"
+_L = "gpt_neox.layers.{layer}"
+_QKV = f"{_L}.attention.query_key_value"
 
-
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    d, n, h = cfg["d_model"], cfg["n_heads"], cfg["d_head"]
-    dtype = p["gpt_neox.embed_in.weight"].dtype
-    tl: TLWeights = {
-        "embed.W_E": p["gpt_neox.embed_in.weight"],
-        "unembed.W_U": p["lm_head.weight"].T,
-        "unembed.b_U": p["lm_head.bias"],
-    }
-    if "gpt_neox.final_layer_norm.weight" in p:
-        tl["ln_final.w"], tl["ln_final.b"] = p["gpt_neox.final_layer_norm.weight"], p["gpt_neox.final_layer_norm.bias"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            if f"{hf}.{hf_ln}.weight" in p:
-                tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"] = p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"]
-        # rows of the fused projection are ordered (head, q/k/v, d_head)
-        w_qkv = p[f"{hf}.attention.query_key_value.weight"].reshape(n, 3, h, d)
-        b_qkv = p.get(f"{hf}.attention.query_key_value.bias", np.zeros(3 * d, dtype)).reshape(n, 3, h)
-        for i, name in enumerate("QKV"):
-            tl[f"{b}.attn.W_{name}"] = w_qkv[:, i].transpose(0, 2, 1)
-            tl[f"{b}.attn.b_{name}"] = b_qkv[:, i]
-        tl[f"{b}.attn.W_O"] = p[f"{hf}.attention.dense.weight"].T.reshape(n, h, d)
-        tl[f"{b}.attn.b_O"] = p.get(f"{hf}.attention.dense.bias", np.zeros(d, dtype))
-        tl[f"{b}.mlp.W_in"], tl[f"{b}.mlp.b_in"] = p[f"{hf}.mlp.dense_h_to_4h.weight"].T, p[f"{hf}.mlp.dense_h_to_4h.bias"]
-        tl[f"{b}.mlp.W_out"], tl[f"{b}.mlp.b_out"] = p[f"{hf}.mlp.dense_4h_to_h.weight"].T, p[f"{hf}.mlp.dense_4h_to_h.bias"]
-    return tl
-
-
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
-    d = cfg["d_model"]
-    p = {
-        "gpt_neox.embed_in.weight": tl["embed.W_E"],
-        "lm_head.weight": tl["unembed.W_U"].T,
-        "lm_head.bias": tl["unembed.b_U"],
-    }
-    if "ln_final.w" in tl:
-        p["gpt_neox.final_layer_norm.weight"], p["gpt_neox.final_layer_norm.bias"] = tl["ln_final.w"], tl["ln_final.b"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            if f"{b}.{tl_ln}.w" in tl:
-                p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"] = tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"]
-        w = np.stack([tl[f"{b}.attn.W_{n}"].transpose(0, 2, 1) for n in "QKV"], axis=1)  # [n, 3, h, d]
-        p[f"{hf}.attention.query_key_value.weight"] = w.reshape(-1, d)
-        p[f"{hf}.attention.query_key_value.bias"] = np.stack([tl[f"{b}.attn.b_{n}"] for n in "QKV"], axis=1).reshape(-1)
-        p[f"{hf}.attention.dense.weight"] = tl[f"{b}.attn.W_O"].reshape(-1, d).T
-        p[f"{hf}.attention.dense.bias"] = tl[f"{b}.attn.b_O"]
-        p[f"{hf}.mlp.dense_h_to_4h.weight"], p[f"{hf}.mlp.dense_h_to_4h.bias"] = tl[f"{b}.mlp.W_in"].T, tl[f"{b}.mlp.b_in"]
-        p[f"{hf}.mlp.dense_4h_to_h.weight"], p[f"{hf}.mlp.dense_4h_to_h.bias"] = tl[f"{b}.mlp.W_out"].T, tl[f"{b}.mlp.b_out"]
-    return p
-
-
-_QKV = "gpt_neox.layers.{layer}.attention.query_key_value"
+PARAMS = ParamTable((
+    Param("gpt_neox.embed_in.weight", "embed.W_E"),
+    *norm_rows(f"{_L}.input_layernorm", "blocks.{layer}.ln1"),
+    Param(f"{_QKV}.weight", QKV, PER_HEAD_QKV),
+    Param(f"{_QKV}.bias", QKV_BIASES, PER_HEAD_QKV_BIAS, missing="zeros"),
+    Param(f"{_L}.attention.dense.weight", "blocks.{layer}.attn.W_O", LINEAR_OUT),
+    Param(f"{_L}.attention.dense.bias", "blocks.{layer}.attn.b_O", missing="zeros"),
+    *norm_rows(f"{_L}.post_attention_layernorm", "blocks.{layer}.ln2"),
+    *linear_mlp_rows(f"{_L}.mlp.dense_h_to_4h", f"{_L}.mlp.dense_4h_to_h"),
+    *norm_rows("gpt_neox.final_layer_norm", "ln_final"),
+    *unembed_rows(),
+))
 
 GPT_NEOX = Architecture(
     name="gpt_neox",
@@ -120,7 +69,7 @@ GPT_NEOX = Architecture(
     ),
     attention=AttentionSites("gpt_neox.layers.{layer}.attention", "attn.hook_rot_q", "attn.hook_rot_k"),
     config_from_hf=config_from_hf,
-    read_weights=read_weights,
-    write_weights=write_weights,
+    read_weights=PARAMS.read,
+    write_weights=PARAMS.write,
     zero_biases=(_QKV, "gpt_neox.layers.{layer}.attention.dense"),
 )

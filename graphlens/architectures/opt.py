@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, Params, TLWeights
-from graphlens.architectures.base import heads_from_linear, heads_to_linear
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, standard_dims
+from graphlens.architectures.params import Layout, Param, ParamTable, linear_mlp_rows, norm_rows, separate_qkv_rows, unembed_rows
 
 POSITION_OFFSET = 2  # OPT's position embedding table starts with two unused rows
 
@@ -19,17 +19,8 @@ def config_from_hf(hf: dict) -> dict:
         raise ValueError("OPT with do_layer_norm_before=False (opt-350m) is not supported: TransformerLens has no post-norm OPT")
     if hf.get("word_embed_proj_dim", hf["hidden_size"]) != hf["hidden_size"]:
         raise ValueError("OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     return dict(
-        d_model=d_model,
-        d_head=d_model // n_heads,
-        n_heads=n_heads,
-        n_key_value_heads=n_heads,
-        d_mlp=hf["ffn_dim"],
-        n_layers=hf["num_hidden_layers"],
-        n_ctx=hf["max_position_embeddings"],
-        d_vocab=hf["vocab_size"],
-        d_vocab_out=hf["vocab_size"],
+        **standard_dims(hf, d_mlp_key="ffn_dim"),
         act_fn=hf["activation_function"],
         eps=1e-5,  # HF's nn.LayerNorm default, which TransformerLens states
         normalization_type="LN",
@@ -38,68 +29,20 @@ def config_from_hf(hf: dict) -> dict:
     )
 
 
-def _layer(layer: int) -> str:
-    return f"model.decoder.layers.{layer}"
-
-
-_NORMS = (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm"))
-
-
-def read_weights(p: Params, cfg: dict) -> TLWeights:
-    n, h, d = cfg["n_heads"], cfg["d_head"], cfg["d_model"]
-    positions = p["model.decoder.embed_positions.weight"]
-    tl: TLWeights = {
-        "embed.W_E": p["model.decoder.embed_tokens.weight"],
-        "pos_embed.W_pos": positions[POSITION_OFFSET:],
-        "pos_embed._offset_rows": positions[:POSITION_OFFSET],  # not TL's: kept so writing restores the table
-        "unembed.W_U": p["lm_head.weight"].T,
-        "unembed.b_U": p["lm_head.bias"],
-    }
-    if "model.decoder.final_layer_norm.weight" in p:
-        tl["ln_final.w"] = p["model.decoder.final_layer_norm.weight"]
-        tl["ln_final.b"] = p["model.decoder.final_layer_norm.bias"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in _NORMS:
-            if f"{hf}.{hf_ln}.weight" in p:
-                tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"] = p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"]
-        for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            tl[f"{b}.attn.W_{name}"] = heads_from_linear(p[f"{hf}.self_attn.{proj}.weight"], n)
-            tl[f"{b}.attn.b_{name}"] = p[f"{hf}.self_attn.{proj}.bias"].reshape(n, h)
-        tl[f"{b}.attn.W_O"] = p[f"{hf}.self_attn.out_proj.weight"].T.reshape(n, h, d)
-        tl[f"{b}.attn.b_O"] = p[f"{hf}.self_attn.out_proj.bias"]
-        tl[f"{b}.mlp.W_in"], tl[f"{b}.mlp.b_in"] = p[f"{hf}.fc1.weight"].T, p[f"{hf}.fc1.bias"]
-        tl[f"{b}.mlp.W_out"], tl[f"{b}.mlp.b_out"] = p[f"{hf}.fc2.weight"].T, p[f"{hf}.fc2.bias"]
-    return tl
-
-
-def write_weights(tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
-    d = cfg["d_model"]
-    p = {
-        "model.decoder.embed_tokens.weight": tl["embed.W_E"],
-        "model.decoder.embed_positions.weight": np.concatenate([tl["pos_embed._offset_rows"], tl["pos_embed.W_pos"]]),
-        "lm_head.weight": tl["unembed.W_U"].T,
-        "lm_head.bias": tl["unembed.b_U"],
-    }
-    if "ln_final.w" in tl:
-        p["model.decoder.final_layer_norm.weight"] = tl["ln_final.w"]
-        p["model.decoder.final_layer_norm.bias"] = tl["ln_final.b"]
-    for layer in range(cfg["n_layers"]):
-        hf, b = _layer(layer), f"blocks.{layer}"
-        for tl_ln, hf_ln in _NORMS:
-            if f"{b}.{tl_ln}.w" in tl:
-                p[f"{hf}.{hf_ln}.weight"], p[f"{hf}.{hf_ln}.bias"] = tl[f"{b}.{tl_ln}.w"], tl[f"{b}.{tl_ln}.b"]
-        for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            p[f"{hf}.self_attn.{proj}.weight"] = heads_to_linear(tl[f"{b}.attn.W_{name}"])
-            p[f"{hf}.self_attn.{proj}.bias"] = tl[f"{b}.attn.b_{name}"].reshape(-1)
-        p[f"{hf}.self_attn.out_proj.weight"] = tl[f"{b}.attn.W_O"].reshape(-1, d).T
-        p[f"{hf}.self_attn.out_proj.bias"] = tl[f"{b}.attn.b_O"]
-        p[f"{hf}.fc1.weight"], p[f"{hf}.fc1.bias"] = tl[f"{b}.mlp.W_in"].T, tl[f"{b}.mlp.b_in"]
-        p[f"{hf}.fc2.weight"], p[f"{hf}.fc2.bias"] = tl[f"{b}.mlp.W_out"].T, tl[f"{b}.mlp.b_out"]
-    return p
-
-
 _L = "model.decoder.layers.{layer}"
+# TL's W_pos starts after the offset rows; they are kept under a name of our own so writing restores the table
+_POSITIONS = Layout(lambda a, cfg: (a[:POSITION_OFFSET], a[POSITION_OFFSET:]), lambda t, cfg: np.concatenate(t))
+
+PARAMS = ParamTable((
+    Param("model.decoder.embed_tokens.weight", "embed.W_E"),
+    Param("model.decoder.embed_positions.weight", ("pos_embed._offset_rows", "pos_embed.W_pos"), _POSITIONS),
+    *norm_rows(f"{_L}.self_attn_layer_norm", "blocks.{layer}.ln1"),
+    *separate_qkv_rows(f"{_L}.self_attn", "q_proj", "k_proj", "v_proj", "out_proj", biases="error"),
+    *norm_rows(f"{_L}.final_layer_norm", "blocks.{layer}.ln2"),
+    *linear_mlp_rows(f"{_L}.fc1", f"{_L}.fc2"),
+    *norm_rows("model.decoder.final_layer_norm", "ln_final"),
+    *unembed_rows(),
+))
 
 OPT = Architecture(
     name="opt",
@@ -128,7 +71,7 @@ OPT = Architecture(
     ),
     attention=AttentionSites(f"{_L}.self_attn", query_site=None),
     config_from_hf=config_from_hf,
-    read_weights=read_weights,
-    write_weights=write_weights,
+    read_weights=PARAMS.read,
+    write_weights=PARAMS.write,
     flat_tokens_in=_L,
 )
