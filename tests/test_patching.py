@@ -102,3 +102,18 @@ def test_patching_errors(setup):
     with pytest.raises(ValueError, match="unknown index axis"):
         patching.generic_activation_patch(*setup["ours"], patch_setter=patching.layer_pos_patch_setter,
                                           activation_name="resid_pre", index_axis_names=("layer", "position"))
+
+
+def test_active_hooks_run_in_the_sweep_as_in_transformer_lens(setup):
+    """A permanent hook elsewhere in the model runs upstream (corrupted run) and downstream (variants) of each cut."""
+    ours, ref = setup["ours"][0], setup["ref"][0]
+    site = "blocks.0.hook_mlp_out"
+    ours.add_hook(site, lambda act, hook: act * 0.5)
+    ref.add_hook(site, lambda act, hook: act * 0.5)
+    try:
+        hooked = compare(setup, "get_act_patch_resid_pre")
+    finally:
+        ours.reset_hooks(including_permanent=True)
+        ref.reset_hooks(including_permanent=True)
+    plain = compare(setup, "get_act_patch_resid_pre")
+    assert not np.allclose(hooked, plain, atol=1e-6)  # the hook changed the results
