@@ -101,17 +101,25 @@ def test_manifest_describes_every_hook(small_bundle):
     assert pattern["shape"] == ["batch", 4, "query_pos", "key_pos"] and pattern["layer"] == 1
 
 
-def test_external_data_bundle(small_hf, tmp_path, small_bundle):
-    out = export_bundle(str(small_hf), tmp_path / "ext", external_data=True, progress=None)
-    manifest = read_manifest(out)
-    assert manifest["external_data_file"] == "model.onnx.data"
-    assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+def test_weights_are_stored_once_or_in_a_single_file(small_hf, tmp_path, small_bundle):
+    # default: model.onnx.data holds the weights, and decoder.onnx points into it (no second copy)
+    manifest = read_manifest(small_bundle)
+    data = (small_bundle / "model.onnx.data").stat().st_size
+    assert manifest["external_data_file"] == "model.onnx.data" and manifest["decoder"]["weights"].startswith("shared")
+    assert (small_bundle / "model.onnx").stat().st_size < data / 2
+    assert (small_bundle / "decoder.onnx").stat().st_size < data / 2
+    # --no-external-data: a single-file model.onnx; the decoder then carries its own copy
+    single = export_bundle(str(small_hf), tmp_path / "single", external_data=False, progress=None)
+    manifest = read_manifest(single)
+    assert manifest["external_data_file"] is None and not (single / "model.onnx.data").exists()
+    assert (single / "decoder.onnx").stat().st_size > data
     tokens = np.random.default_rng(8).integers(0, 300, size=(2, 5))
-    np.testing.assert_allclose(
-        HookedTransformer.from_pretrained(out)(tokens), HookedTransformer.from_pretrained(small_bundle)(tokens), atol=1e-6
-    )
-    (plain,) = plain_session(out).run(["logits"], {"input_ids": tokens})
-    np.testing.assert_allclose(plain, HookedTransformer.from_pretrained(out)(tokens), atol=1e-6)
+    shared_model, single_model = HookedTransformer.from_pretrained(small_bundle), HookedTransformer.from_pretrained(single)
+    np.testing.assert_allclose(single_model(tokens), shared_model(tokens), atol=1e-6)
+    (plain,) = plain_session(single).run(["logits"], {"input_ids": tokens})
+    np.testing.assert_allclose(plain, shared_model(tokens), atol=1e-6)
+    np.testing.assert_array_equal(single_model.generate(tokens, max_new_tokens=4, do_sample=False, verbose=False),
+                                  shared_model.generate(tokens, max_new_tokens=4, do_sample=False, verbose=False))
 
 
 def test_from_pretrained_exports_an_hf_folder_once(small_hf, tmp_path, monkeypatch, small_bundle):

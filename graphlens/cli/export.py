@@ -18,7 +18,8 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "py
 @click.option("--fold-value-biases/--no-fold-value-biases", default=True, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--external-data/--no-external-data", default=None, help="Weights in model.onnx.data (default: when > 1 GB).")
+@click.option("--external-data/--no-external-data", default=None, help="Weights in model.onnx.data, one copy read by model.onnx and decoder.onnx (the default); "
+              "--no-external-data: a single-file model.onnx (decoder.onnx then holds its own copy).")
 @click.option("--patch-sites", type=click.Choice(["all", "resid", "none"]), default="all", show_default=True,
               help="Sites that get .patch/.patch_mask/.add inputs (resid: the residual stream only).")
 def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data,

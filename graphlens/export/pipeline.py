@@ -67,7 +67,8 @@ def export_bundle(
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
-    ``external_data``: None stores weights outside ``model.onnx`` only when they are large.
+    ``external_data``: None stores weights in ``model.onnx.data`` when a decoder is written (both graphs
+    read that one copy) or when they are large; False keeps a single-file ``model.onnx``.
     ``patch_sites``: which sites get ``.patch``/``.patch_mask``/``.add`` inputs: "all", "resid"
     (residual stream sites only) or "none" (every site is still an output).
     ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
@@ -111,7 +112,8 @@ def export_bundle(
 
     with writing_bundle(out) as tmp:
         report(6, steps, f"writing the bundle to {out}")
-        big = save_model(proto, tmp / MODEL_FILE, external_data)
+        # with a decoder, external data lets both graphs read one copy of the weights
+        big = save_model(proto, tmp / MODEL_FILE, True if external_data is None and decoder else external_data)
         tokenizer_files = save_tokenizer(source, tmp)
         manifest = {
             "format": FORMAT,
