@@ -179,3 +179,14 @@ def test_forward_runs_the_graph_without_hook_machinery(small_bundle):
     lean = specialise(full, ["logits"])
     sites = len(read_manifest(small_bundle)["hooks"])
     assert sum(n.op_type == "Where" for n in full.graph.node) - sum(n.op_type == "Where" for n in lean.graph.node) == sites
+
+
+def test_bundle_files_get_the_usual_permissions(small_bundle):
+    """The temporary folder is owner-only; the finished bundle has what the umask gives any new file."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert small_bundle.stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in small_bundle.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
