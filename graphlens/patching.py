@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.graph import LOGITS
 from graphlens.runtime.sweep import SiteSweep
 from graphlens.sites import get_act_name
 
@@ -126,7 +127,7 @@ def _run_patched(model, sweep: SiteSweep, tokens: np.ndarray, site: str, patched
         return sweep.logits(site, patched, variants)
     # something without a batch axis crosses the cut: a graph cut at this site alone, fed every variant
     hooked = [s for s in model.hooked_sites() if s != site]
-    return model.run_graph(np.tile(tokens, (variants, 1)), ["logits"], given={site: patched}, hooked=hooked)["logits"]
+    return model.run_graph(np.tile(tokens, (variants, 1)), [LOGITS], given={site: patched}, hooked=hooked)[LOGITS]
 
 
 # ---- patch setters: copy the clean activation into the corrupted one at ``index`` -------------------

@@ -22,6 +22,7 @@ from graphlens.bundle import MODEL_FILE
 from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.sweep import SiteSweep
+from graphlens.sites import get_act_name
 from tests.models import make_causal_lm, tl_reference_from_folder
 from tests.test_equivalence import assert_close
 
@@ -174,8 +175,7 @@ def test_patching_sweep_equals_transformer_lens(family_bundles, family_dirs, fam
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
     tokens = _tokens(5)[:, :6]
     for kind in ["resid_pre", "z", "q", "k", "v", "pattern", "mlp_out"]:
-        sites = [f"blocks.{layer}.{'attn.hook_' + kind if kind in ('z', 'q', 'k', 'v', 'pattern') else 'hook_' + kind}"
-                 for layer in range(ours.cfg.n_layers)]
+        sites = [get_act_name(kind, layer) for layer in range(ours.cfg.n_layers)]
         sweep = SiteSweep(ours, tokens, sites)
         # OPT's MLP runs on [batch*pos, d_model]: no batch axis to repeat, so its sites use per-site cuts
         expected = not (family == "opt" and kind == "mlp_out")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from click.testing import CliRunner
 

@@ -118,11 +118,6 @@ def heads_to_linear(w: np.ndarray) -> np.ndarray:
     return w.transpose(0, 2, 1).reshape(-1, w.shape[1])
 
 
-def bias_or_zeros(p: Params, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A bias HF may not have (Llama's projections): TL's state dict has zeros there."""
-    return p[name] if name in p else np.zeros(shape, dtype=dtype)
-
-
 def standard_dims(hf: dict, d_mlp_key: str = "intermediate_size") -> dict:
     """The model dimensions of an HF config with the common key names (hidden_size, num_attention_heads, ...)."""
     n_heads = hf["num_attention_heads"]

@@ -106,9 +106,9 @@ def plan(
 
     for name in list(stage):
         settle(name)
-    graph_inputs = {i.name for i in graph.input} - set(given)
     wanted = set(outputs) | set(pre.values())
-    light: set[str] = set()  # recomputed in each part that reads them (stage FREE), but not constants
+    # graph inputs, then the cheap tensors computed from them alone (recomputed in each part: stage FREE)
+    light = {i.name for i in graph.input} - set(given)
     node_stage: list[int] = []
     for node in kept:
         reads = _reads(node)
@@ -116,7 +116,7 @@ def plan(
         if unknown:
             raise ValueError(f"cannot partition: node {node.name} reads {unknown}, which nothing computes")
         s = max((0 if t in light else stage[t] for t in reads), default=FREE)
-        if s == 0 and _recomputable(node, stage, graph_inputs | light, types, wanted):
+        if s == 0 and _recomputable(node, stage, light, types, wanted):
             s = FREE
             light.update(node.output)
         node_stage.append(s)

@@ -15,6 +15,8 @@ from graphlens.runtime.session import providers_for, session_options
 
 T = TypeVar("T")
 
+LOGITS = "logits"  # the graph output every bundle has (beside its hooks)
+
 # Initializers at least this large are shared between sessions instead of copied into each.
 _SHARED_MIN_BYTES = 1024
 

@@ -16,7 +16,7 @@ from graphlens.resolve import resolve_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.config import Config
-from graphlens.runtime.graph import BundleGraph
+from graphlens.runtime.graph import LOGITS, BundleGraph
 from graphlens.runtime.generation import GenerationMixin
 from graphlens.runtime.hook_points import HookPoint
 from graphlens.runtime.feeds import checked_feed
@@ -32,7 +32,6 @@ from graphlens.slicing import Slice
 
 TextOrTokens = Union[str, Sequence[str], np.ndarray, Sequence[Sequence[int]]]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
-LOGITS = "logits"
 
 
 def lm_cross_entropy_loss(

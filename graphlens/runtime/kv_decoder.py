@@ -16,10 +16,8 @@ from jaxtyping import Float, Int
 
 from graphlens.bundle import BundleError, read_manifest
 from graphlens.rewrite.weights import Processing
-from graphlens.runtime.graph import BundleGraph
+from graphlens.runtime.graph import LOGITS, BundleGraph
 from graphlens.runtime.partitioned import HookCaller, run_partitioned
-
-LOGITS = "logits"
 
 
 def _ort_device(device: str) -> tuple[str, int]:

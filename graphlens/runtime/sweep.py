@@ -15,20 +15,18 @@ from typing import Sequence
 import numpy as np
 from jaxtyping import Float, Int
 
+from graphlens.runtime.graph import LOGITS
 from graphlens.runtime.partitioned import compiled_plan, run_parts
-
-LOGITS = "logits"
 
 
 class SiteSweep:
     """``model`` cut at every one of ``sites`` and run once on ``tokens``; then ``logits(site, values)``."""
 
     def __init__(self, model, tokens: Int[np.ndarray, "batch pos"], sites: Sequence[str]):
-        self.model, self.batch = model, len(tokens)
+        self.model = model
         hooked = list(dict.fromkeys([*sites, *model.hooked_sites()]))
         self.plan, self.sessions = compiled_plan(model.graph, hooked, [LOGITS])
-        values = {"input_ids": tokens}
-        self.values = run_parts(model.graph, self.plan, self.sessions, values, model.call_hooks)
+        self.values = run_parts(model.graph, self.plan, self.sessions, {"input_ids": tokens}, model.call_hooks)
         self._part_after = {site: k + 1 for k, part in enumerate(self.plan.parts) for site in part.hooks}
         batch_dim = model.graph.types["input_ids"].type.tensor_type.shape.dim[0].dim_param
         self._batch_major = {

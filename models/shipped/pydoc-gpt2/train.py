@@ -59,11 +59,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import math
 import os
 import platform
-import random
 import sys
 import sysconfig
 import time
@@ -319,8 +319,6 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     t_start = time.time()
 
@@ -370,11 +368,13 @@ def main() -> None:
     model.train()
     t_train = time.time()
     running = None
-    silence = HeadAblation(model, silenced).__enter__() if args.phase1 > 0 else None
     first_copy_from = args.phase1 if args.first_copy_from is None else args.first_copy_from
+    phase1 = contextlib.ExitStack()
+    if args.phase1 > 0:
+        phase1.enter_context(HeadAblation(model, silenced))
     for step in range(args.steps):
-        if step == args.phase1 and silence is not None:
-            silence.__exit__(None, None, None)
+        if step == args.phase1 and args.phase1 > 0:
+            phase1.close()
             log(f"phase 2 from step {step}: every head trains")
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
