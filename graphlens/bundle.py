@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import onnx
+from graphlens.errors import BundleError
 
 FORMAT = "graphlens-bundle"
 FORMAT_VERSION = 1
@@ -22,10 +23,6 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 # Above this size the weights go to model.onnx.data (protobuf cannot hold more than 2 GB).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
-
-
-class BundleError(ValueError):
-    """A folder that is not a usable graphlens bundle."""
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -7,10 +7,11 @@ A site's shape is written with symbolic dimension names; the numeric ones come f
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Iterable
+
+from graphlens.errors import UnknownHookError
 
 # Symbolic dims stay symbolic in the graph; the others are read from the config.
 SYMBOLIC_DIMS = ("batch", "pos", "query_pos", "key_pos")
@@ -130,15 +131,3 @@ def get_act_name(name: str, layer: int | str | None = None, layer_type: str | No
         full = f"ln_final.{full}"
     return full
 
-
-class UnknownHookError(KeyError):
-    """A hook name the model does not have; the message suggests the nearest names."""
-
-    def __init__(self, name: str, known: Iterable[str]):
-        known = list(known)
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        hint = f" Nearest: {', '.join(close)}." if close else f" The model has {len(known)} hooks; see model.hook_names."
-        super().__init__(f"unknown hook name {name!r}.{hint}")
-
-    def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return self.args[0]

@@ -12,12 +12,9 @@ from graphlens.architectures.mistral import MISTRAL
 from graphlens.architectures.neox import GPT_NEOX
 from graphlens.architectures.opt import OPT
 from graphlens.architectures.qwen2 import QWEN2
+from graphlens.errors import UnsupportedArchitectureError
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA2, OPT)}
-
-
-class UnsupportedArchitectureError(ValueError):
-    pass
 
 
 def supported_hf_architectures() -> list[str]:

@@ -8,10 +8,7 @@ import os
 from pathlib import Path
 
 from graphlens.architectures import architecture_for
-
-
-class ExportError(RuntimeError):
-    pass
+from graphlens.errors import ExportError
 
 
 def _hub_unreachable(model_id: str, err: Exception) -> ExportError:

@@ -26,15 +26,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphlens.sites import SYMBOLIC_DIMS, UnknownHookError, concrete_shape, kind_of
+from graphlens.errors import SpecError
 
 OPS = ("set", "add", "scale", "zero")
 _KEYS = {"hook", "op", "positions", "heads", "value", "value_file"}
 _POS_DIMS = ("pos", "query_pos")
 _HEAD_DIMS = ("n_heads", "n_key_value_heads")
-
-
-class SpecError(ValueError):
-    """An intervention spec that cannot be compiled; the message names the entry and the problem."""
 
 
 @dataclass

@@ -17,15 +17,12 @@ import numpy as np
 from graphlens.runtime.hook_points import HookFunction, HookPoint
 from graphlens.runtime.inputs import as_numpy
 from graphlens.sites import UnknownHookError, split_name
+from graphlens.errors import HookResultError
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 HookList = Sequence[tuple[NameOrFilter, HookFunction]]
 
 _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed")
-
-
-class HookResultError(ValueError):
-    """A hook returned something that cannot replace the activation."""
 
 
 def blocks_run(n_layers: int, start_at_layer: int | None, stop_at_layer: int | None) -> range:

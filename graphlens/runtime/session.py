@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import onnxruntime as ort
+from graphlens.errors import DeviceError
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-
-
-class DeviceError(RuntimeError):
-    pass
 
 
 def resolve_device(device: str | None) -> str:
