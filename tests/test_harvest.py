@@ -290,3 +290,21 @@ def test_cli_errors_are_one_line(small_bundle, text_file, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: no hook name matches 'nope'"), result.output
+
+
+def test_ray_auto_gives_the_same_files_as_a_local_run(small_bundle, text_file, reference_run, tmp_path):
+    """A local Ray instance (started and stopped by the run, in a child process bounded in time) with 2 actors."""
+    pytest.importorskip("ray.data")
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ray"
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", "from graphlens.cli import main; main()", "harvest", str(small_bundle),
+               str(text_file), "--hooks", "resid_post,blocks.0.attn.hook_pattern", "--context-size", str(CTX),
+               "-o", str(out), "--batch-size", "3", "--shard-size", "6", "--ray", "auto", "--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert files_of(out) == files_of(reference_run)  # same shards, same order, same bytes; same index

@@ -100,10 +100,10 @@ def run_on_ray(bundle_dir: Path, plan: Plan, skip: int, writer, bar, address: st
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         dataset = ray.data.read_datasource(_datasource(Path(bundle_dir).resolve(), plan, skip), override_num_blocks=1,
-                                           ray_remote_args={"num_cpus": 0})
+                                           num_cpus=0)  # the read task is light: the CPUs go to the actors
         dataset = dataset.map_batches(
             _Harvester, fn_constructor_args=(str(Path(bundle_dir).resolve()), plan, device, max(1, int(per_worker))),
-            batch_size=plan.options.batch_size, batch_format="numpy", concurrency=workers, num_cpus=per_worker,
+            batch_size=plan.options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_worker,
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
             writer.add(batch)
