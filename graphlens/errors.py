@@ -58,3 +58,11 @@ class ExportError(GraphlensError, RuntimeError):
 
 class DeviceError(GraphlensError, RuntimeError):
     """A device that ONNX Runtime does not offer here (e.g. "cuda" without onnxruntime-gpu)."""
+
+
+class DataError(GraphlensError, ValueError):
+    """A dataset file for ``graphlens harvest`` that cannot be read (format, column, token ids)."""
+
+
+class HarvestError(GraphlensError, RuntimeError):
+    """A harvest that cannot continue (output folder in the way, a resume that does not match, disk full)."""

@@ -131,3 +131,21 @@ def get_act_name(name: str, layer: int | str | None = None, layer_type: str | No
         full = f"ln_final.{full}"
     return full
 
+
+
+def match_hooks(names: list[str], pattern: str) -> list[str]:
+    """Hook names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring; none is an error."""
+    import fnmatch
+
+    from graphlens.errors import InputError
+
+    if any(c in pattern for c in "*?["):
+        chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    else:
+        chosen = [n for n in names if pattern in n]
+    if not chosen:
+        raise InputError(
+            f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "
+            f"such as 'resid_post'); the model has {len(names)} hooks, e.g. {', '.join(names[:3])}"
+        )
+    return chosen

@@ -6,6 +6,7 @@ import click
 
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
+from graphlens.cli.harvest import harvest
 from graphlens.cli.inspect import inspect
 from graphlens.cli.intervene import intervene
 from graphlens.cli.plot import plot
@@ -24,6 +25,7 @@ main.add_command(inspect)
 main.add_command(run)
 main.add_command(plot)
 main.add_command(intervene)
+main.add_command(harvest)
 
 if __name__ == "__main__":
     main()

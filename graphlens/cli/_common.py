@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-
 import click
 import numpy as np
 
@@ -28,19 +26,15 @@ def prompt_tokens(model, prompt: str) -> np.ndarray:
         raise click.ClickException(str(err)) from None
 
 
-def match_hooks(names: list[str], pattern: str) -> list[str]:
-    """Hook names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring."""
-    if any(c in pattern for c in "*?["):
-        chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    else:
-        chosen = [n for n in names if pattern in n]
-    if not chosen:
-        raise click.BadParameter(
-            f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "
-            f"such as 'resid_post'); the model has {len(names)} hooks, e.g. {', '.join(names[:3])}",
-            param_hint="--names",
-        )
-    return chosen
+def match_hooks(names: list[str], pattern: str, option: str = "--names") -> list[str]:
+    """Hook names matching ``pattern`` (``graphlens.sites.match_hooks``), a miss as a CLI error."""
+    from graphlens.errors import InputError
+    from graphlens.sites import match_hooks as matching
+
+    try:
+        return matching(names, pattern)
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint=option) from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import onnxruntime as ort
 from graphlens.errors import DeviceError
 
+THREADS_ENV = "GRAPHLENS_ORT_THREADS"  # intra-op threads per session (e.g. one Ray actor per core)
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
@@ -35,4 +38,7 @@ def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # overridable-initializer warnings are expected for substitution inputs
+    threads = int(os.environ.get(THREADS_ENV, "0"))  # 0: ONNX Runtime's default (one per core)
+    if threads > 0:
+        options.intra_op_num_threads = threads
     return options

@@ -50,17 +50,24 @@ class TokenizerAdapter:
         )
 
     def encode(self, text: str, prepend_bos: bool) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=self.prepends_bos).ids
-        if prepend_bos and not self.prepends_bos:
-            ids = [self.bos_token_id, *ids]
-        elif not prepend_bos and self.prepends_bos and ids and ids[0] == self.bos_token_id:
-            ids = ids[1:]
-        return ids
+        return self.encode_many([text], prepend_bos)[0]
+
+    def encode_many(self, texts: list[str], prepend_bos: bool) -> list[list[int]]:
+        """Token ids of each text (one ``encode_batch`` call), with or without a leading BOS."""
+        rows = []
+        for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=self.prepends_bos):
+            ids = encoding.ids
+            if prepend_bos and not self.prepends_bos:
+                ids = [self.bos_token_id, *ids]
+            elif not prepend_bos and self.prepends_bos and ids and ids[0] == self.bos_token_id:
+                ids = ids[1:]
+            rows.append(ids)
+        return rows
 
     def to_tokens(
         self, texts: list[str], prepend_bos: bool, padding_side: str, max_length: int | None
     ) -> Int[np.ndarray, "batch pos"]:
-        rows = [self.encode(t, prepend_bos) for t in texts]
+        rows = self.encode_many(list(texts), prepend_bos)
         if max_length is not None:
             rows = [r[:max_length] for r in rows]
         width = max(len(r) for r in rows)
