@@ -84,21 +84,39 @@ class Param:
         return (self.tl,) if isinstance(self.tl, str) else self.tl
 
 
+# A part of the weights that processing handles on its own (``ParamTable.read(..., part=)``): one
+# block (its layer index), the embeddings, or the unembedding with the final norm; None is all of them.
+Part = int | Literal["embed", "unembed"] | None
+EMBED_PREFIXES = ("embed.", "pos_embed.")
+
+
+def parts(cfg: dict) -> list[Part]:
+    """Every part of a model's weights, in the order processing goes through them."""
+    return ["embed", *range(cfg["n_layers"]), "unembed"]
+
+
+def _row_part(row: Param) -> Literal["embed", "unembed"]:
+    return "embed" if row.tl_names[0].startswith(EMBED_PREFIXES) else "unembed"
+
+
 @dataclass(frozen=True)
 class ParamTable:
     rows: tuple[Param, ...]
 
-    def _expanded(self, cfg: dict):
+    def _expanded(self, cfg: dict, part: Part = None):
         for row in self.rows:
-            layers = range(cfg["n_layers"]) if "{layer}" in row.hf else [None]
+            if "{layer}" in row.hf:
+                layers = range(cfg["n_layers"]) if part is None else [part] if isinstance(part, int) else []
+            else:
+                layers = [None] if part is None or part == _row_part(row) else []
             for layer in layers:
                 fill = (lambda s: s.format(layer=layer)) if layer is not None else (lambda s: s)
                 yield row, fill(row.hf), tuple(fill(n) for n in row.tl_names)
 
-    def read(self, p: Params, cfg: dict) -> TLWeights:
-        """HF params → TL state dict."""
+    def read(self, p: Params, cfg: dict, part: Part = None) -> TLWeights:
+        """HF params → TL state dict (of one ``part`` only, when given)."""
         tl: TLWeights = {}
-        for row, hf, names in self._expanded(cfg):
+        for row, hf, names in self._expanded(cfg, part):
             if hf in p:
                 array = p[hf]
             elif row.missing == "zeros":
@@ -111,10 +129,10 @@ class ParamTable:
             tl.update(zip(names, row.layout.to_tl(array, cfg)))
         return tl
 
-    def write(self, tl: TLWeights, cfg: dict) -> dict[str, np.ndarray]:
+    def write(self, tl: TLWeights, cfg: dict, part: Part = None) -> dict[str, np.ndarray]:
         """TL state dict → HF params (biases HF lacks included; the weight rewrite drops unused zeros)."""
         p: dict[str, np.ndarray] = {}
-        for row, hf, names in self._expanded(cfg):
+        for row, hf, names in self._expanded(cfg, part):
             if row.missing == "skip" and names[0] not in tl:
                 continue
             p[hf] = row.layout.to_hf(tuple(tl[n] for n in names), cfg)

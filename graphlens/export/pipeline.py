@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -14,15 +15,18 @@ import graphlens
 from graphlens.architectures import architecture_for
 from graphlens.bundle import (
     EXTERNAL_DATA_FILE,
+    EXTERNAL_DATA_THRESHOLD,
     FORMAT,
     FORMAT_VERSION,
     MODEL_FILE,
-    save_model,
     write_manifest,
     writing_bundle,
 )
+from graphlens.dtypes import dtype_name
+from graphlens.export.decoder import DECODER_FILE
+from graphlens.export.external import ExportWeights, WeightsFile, inline_weights, point_at_weights
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
-from graphlens.rewrite.apply_weights import apply_processing
+from graphlens.rewrite.apply_weights import bypass_removed, missing_param_error
 from graphlens.rewrite.instrument import (
     PATCH_SITE_CHOICES,
     has_patch_inputs,
@@ -30,8 +34,7 @@ from graphlens.rewrite.instrument import (
     with_input_defaults,
 )
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
-from graphlens.rewrite.weights import Processing
-
+from graphlens.rewrite.weights import Processing, process_stream
 
 
 def _stderr_progress(step: int, total: int, message: str) -> None:
@@ -53,11 +56,39 @@ def default_output_dir(source: str) -> Path:
     return Path("models") / Path(source.rstrip("/")).name
 
 
+def _write_weights(weights: ExportWeights, arch, cfg: dict, processing: Processing, out: WeightsFile) -> tuple[dict, set[str]]:
+    """Process ``weights`` part by part into ``out``, releasing each source tensor once written; the
+    initializers processing does not map (buffers, constants) are written as they are."""
+
+    def emit(name: str, value) -> None:
+        if name in weights:
+            out.write(name, value)
+            weights.release(name)
+        elif value.any():
+            raise missing_param_error(name, arch)
+
+    processed_cfg, removed = process_stream(weights, arch, cfg, processing, emit)
+    for name in weights:
+        if name not in removed:
+            out.write(name, weights[name])
+        weights.release(name)
+    return processed_cfg, removed
+
+
+def _finish_graph(graph: gs.Graph, removed: set[str], weights: WeightsFile) -> onnx.ModelProto:
+    """The folded norms bypassed, substitution defaults added, placeholders pointed into ``weights``."""
+    bypass_removed(graph, removed)
+    proto = with_input_defaults(gs.export_onnx(graph))
+    point_at_weights(proto, weights)
+    proto.producer_name, proto.producer_version = "graphlens", graphlens.__version__
+    return proto
+
+
 def export_bundle(
     source: str,
     out_dir: str | Path | None = None,
     processing: Processing = Processing(),
-    dtype: str = "float32",
+    dtype: object = "float32",
     opset: int = 18,
     external_data: bool | None = None,
     overwrite: bool = True,
@@ -67,6 +98,9 @@ def export_bundle(
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
+    ``dtype``: "float32", "float16" or "bfloat16" (or the torch dtype); the HF weights are loaded in it
+    directly. Memory: the HF model once, plus one part of the weights while it is processed; the
+    graphs never hold weight bytes, and each weight is written once for both graphs.
     ``external_data``: None stores weights in ``model.onnx.data`` when a decoder is written (both graphs
     read that one copy) or when they are large; False keeps a single-file ``model.onnx``.
     ``patch_sites``: which sites get ``.patch``/``.patch_mask``/``.add`` inputs: "all", "resid"
@@ -76,6 +110,7 @@ def export_bundle(
     report = progress or (lambda *a: None)
     if patch_sites not in PATCH_SITE_CHOICES:
         raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
+    dtype = dtype_name(dtype)
     out = Path(out_dir) if out_dir is not None else default_output_dir(source)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
@@ -90,30 +125,42 @@ def export_bundle(
     report(2, steps, f"exporting to ONNX with torch.onnx ({arch.name}, {cfg['n_layers']} layers)")
     from graphlens.export.to_onnx import export_plain
 
-    proto = export_plain(model, arch, cfg, opset=opset)
+    weights = ExportWeights()
+    proto, tensors = export_plain(model, arch, cfg, opset=opset)
+    weights.add(tensors)
     if decoder:
         from graphlens.export.decoder import build_decoder
 
         report(2, steps, "exporting the KV-cache decoder graph")
-        decoder_proto, decoder_hooks = build_decoder(model, arch, cfg, processing, opset)
-    del model
+        decoder_graph, decoder_hooks, tensors = build_decoder(model, arch, cfg, opset)
+        weights.add(tensors)
+    del model, tensors
+    gc.collect()  # the weights are now referenced by ``weights`` alone: released as they are written
 
     report(3, steps, "adding hook outputs and patch/add inputs at every site")
     graph = gs.import_onnx(proto)
+    del proto
     hooks = _forward_order(instrument_sites(graph, cfg, patch_sites), arch, cfg)
 
-    report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})")
-    processed_cfg = apply_processing(graph, arch, cfg, processing)
-    proto = with_input_defaults(gs.export_onnx(graph))
-    proto.producer_name, proto.producer_version = "graphlens", graphlens.__version__
-
-    report(5, steps, "checking the graph")
-    onnx.checker.check_model(proto, full_check=False)
-
     with writing_bundle(out) as tmp:
-        report(6, steps, f"writing the bundle to {out}")
+        report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})"
+                         f" into {EXTERNAL_DATA_FILE}")
+        data = WeightsFile(tmp / EXTERNAL_DATA_FILE)
+        try:
+            processed_cfg, removed = _write_weights(weights, arch, cfg, processing, data)
+        finally:
+            data.close()
+        report(5, steps, f"writing the graphs to {out}")
         # with a decoder, external data lets both graphs read one copy of the weights
-        big = save_model(proto, tmp / MODEL_FILE, True if external_data is None and decoder else external_data)
+        external = external_data if external_data is not None else decoder or data.size > EXTERNAL_DATA_THRESHOLD
+        protos = {MODEL_FILE: _finish_graph(graph, removed, data)}
+        if decoder:
+            protos[DECODER_FILE] = _finish_graph(decoder_graph, removed, data)
+        if not external:
+            inline_weights(list(protos.values()), data)
+        onnx.save_model(protos[MODEL_FILE], tmp / MODEL_FILE)
+        report(6, steps, "checking the graph")
+        onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=False)  # by path: never serialised whole
         tokenizer_files = save_tokenizer(source, tmp)
         manifest = {
             "format": FORMAT,
@@ -126,15 +173,15 @@ def export_bundle(
             "dtype": dtype,
             "opset": opset,
             "model_file": MODEL_FILE,
-            "external_data_file": EXTERNAL_DATA_FILE if big else None,
-            **graph_io(proto),
+            "external_data_file": EXTERNAL_DATA_FILE if external else None,
+            **graph_io(protos[MODEL_FILE]),
             "hooks": hook_entries(hooks, processed_cfg, dtype, lambda name: has_patch_inputs(name, patch_sites)),
             "tokenizer_files": tokenizer_files,
         }
         if decoder:
             from graphlens.export.decoder import write_decoder
 
-            manifest["decoder"] = write_decoder(decoder_proto, decoder_hooks, tmp, MODEL_FILE)
+            manifest["decoder"] = write_decoder(protos[DECODER_FILE], decoder_hooks, tmp, shared=external)
         write_manifest(tmp, manifest)
     report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
     return out

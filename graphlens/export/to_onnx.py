@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from graphlens.architectures import Architecture
+from graphlens.export.external import detach_weights
 from graphlens.export.instrument import KVSlot, KVState, instrument
 from graphlens.export.markers import TRANSLATION_TABLE
 
@@ -89,7 +90,9 @@ def _prepare(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
     return model._graphlens_slot
 
 
-def _export(wrapper: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: dict, opset: int):
+def _export(wrapper: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: dict,
+            opset: int) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
+    """The exported graph without weight bytes (external-data placeholders) and its initializers' tensors."""
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper.eval(),
@@ -103,14 +106,15 @@ def _export(wrapper: nn.Module, args: tuple, names: tuple[list[str], list[str]],
             custom_translation_table=TRANSLATION_TABLE,
             verbose=False,
         )
-    proto = program.model_proto
-    _strip_prefix(proto, "model.")
+    proto, weights = detach_weights(program.model, "model.")  # initializers keep their HF names
+    del program
     _constants_as_tensors(proto)
-    return proto
+    return proto, weights
 
 
-def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> onnx.ModelProto:
-    """Export ``model`` with every site of ``arch`` marked; initializers keep their HF parameter names."""
+def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> tuple[onnx.ModelProto, dict]:
+    """Export ``model`` with every site of ``arch`` marked; initializers keep their HF parameter names and
+    are placeholders for the tensors returned beside the graph (``external.detach_weights``)."""
     _prepare(model, arch, cfg)
     example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_POS, dtype=torch.long)
     batch, pos = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
@@ -118,7 +122,7 @@ def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 1
                    {"input_ids": {0: batch, 1: pos}}, opset)
 
 
-def export_decoder(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> onnx.ModelProto:
+def export_decoder(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> tuple[onnx.ModelProto, dict]:
     """Export the KV-cache step graph (see ``_Decoder``), marked like ``export_plain``'s graph."""
     slot = _prepare(model, arch, cfg)
     n_layers, n_kv = cfg["n_layers"], cfg.get("n_key_value_heads") or cfg["n_heads"]
@@ -132,10 +136,10 @@ def export_decoder(model: nn.Module, arch: Architecture, cfg: dict, opset: int =
     inputs = ["input_ids", "attention_mask", "position_ids", *past_names(n_layers)]
     dynamic = {"input_ids": {0: batch, 1: new_d}, "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},
                "position_ids": {0: batch, 1: new_d}, "past": tuple({0: batch, 2: past_d} for _ in kv)}
-    proto = _export(_Decoder(model, slot), args, (inputs, ["logits", *present_names(n_layers)]), dynamic, opset)
+    proto, weights = _export(_Decoder(model, slot), args, (inputs, ["logits", *present_names(n_layers)]), dynamic, opset)
     mask = next(i for i in proto.graph.input if i.name == "attention_mask")
     mask.type.tensor_type.shape.dim[1].dim_param = "past + pos"  # the exporter names it after a symbol
-    return proto
+    return proto, weights
 
 
 _LIST_ATTRS = {"value_ints": np.int64, "value_floats": np.float32}
@@ -157,16 +161,3 @@ def _constants_as_tensors(proto: onnx.ModelProto) -> None:
             continue
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", onnx.numpy_helper.from_array(array)))
-
-
-def _strip_prefix(proto: onnx.ModelProto, prefix: str) -> None:
-    """Initializer names come out as ``model.<hf name>`` (the wrapper's attribute); keep the HF name."""
-    renamed = {}
-    for init in proto.graph.initializer:
-        if init.name.startswith(prefix):
-            renamed[init.name] = init.name[len(prefix):]
-            init.name = renamed[init.name]
-    for node in proto.graph.node:
-        node.input[:] = [renamed.get(n, n) for n in node.input]
-    for inp in proto.graph.input:
-        inp.name = renamed.get(inp.name, inp.name)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphlens.architectures.base import Architecture
-from graphlens.rewrite.weights import Processing, process_params
+from graphlens.rewrite.weights import Processing, process_stream
 
 
 def graph_params(graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -31,23 +31,32 @@ def _bypass_consumers_of(graph: gs.Graph, constant: gs.Constant) -> None:
             node.outputs.clear()
 
 
-def apply_processing(graph: gs.Graph, arch: Architecture, cfg: dict, processing: Processing) -> dict:
-    """Process the graph's weights in place; returns the config after processing."""
-    params = graph_params(graph)
-    new_params, new_cfg = process_params(params, arch, cfg, processing)
+def bypass_removed(graph: gs.Graph, removed: set[str]) -> None:
+    """Take the params processing removed (folded norms) out of ``graph``, bypassing the ops that applied them."""
     tensors = graph.tensors()
-    for name, value in new_params.items():
-        if name in tensors:
-            tensors[name].values = value
-        elif np.any(value):  # a bias HF lacks (zeros in TL's state dict) that processing made non-zero
-            raise ValueError(
-                f"weight processing gives {name!r} non-zero values but the graph has no such parameter; "
-                f"the {arch.name} adapter must list its module in zero_biases"
-            )
-    # params the adapter maps that processing dropped: the norms' weights and biases (fold_ln)
-    removed = (set(arch.write_weights(arch.read_weights(params, cfg), cfg)) - set(new_params)) & set(tensors)
-    for name in sorted(removed):
+    for name in sorted(removed & set(tensors)):
         _bypass_consumers_of(graph, tensors[name])
     graph.cleanup().toposort()
-    return new_cfg
 
+
+def missing_param_error(name: str, arch: Architecture) -> ValueError:
+    """A bias HF lacks (zeros in TL's state dict) that processing made non-zero, with nowhere to go."""
+    return ValueError(
+        f"weight processing gives {name!r} non-zero values but the graph has no such parameter; "
+        f"the {arch.name} adapter must list its module in zero_biases"
+    )
+
+
+def apply_processing(graph: gs.Graph, arch: Architecture, cfg: dict, processing: Processing) -> dict:
+    """Process the graph's weights in place; returns the config after processing."""
+    tensors = graph.tensors()
+
+    def store(name: str, value: np.ndarray) -> None:
+        if name in tensors:
+            tensors[name].values = value
+        elif np.any(value):
+            raise missing_param_error(name, arch)
+
+    new_cfg, removed = process_stream(graph_params(graph), arch, cfg, processing, store)
+    bypass_removed(graph, removed)
+    return new_cfg

@@ -8,10 +8,12 @@ fold_value_biases, with its semantics and order); the adapter writes the result 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from graphlens.architectures.base import Architecture, TLWeights
+from graphlens.architectures.base import Architecture, Params, TLWeights
+from graphlens.architectures.params import Part, parts
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,9 @@ def _mean(x: np.ndarray, axis: int) -> np.ndarray:
     return x.mean(axis=axis, keepdims=True)
 
 
-def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights: bool) -> None:
+def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights: bool, layers: Iterable[int]) -> None:
     """Fold each norm's weight (and bias) into the weights that read from it, as TL's fold_layer_norm."""
-    for layer in range(cfg["n_layers"]):
+    for layer in layers:
         b = f"blocks.{layer}"
         if f"{b}.ln1.w" in tl:
             w, bias = tl.pop(f"{b}.ln1.w"), tl.pop(f"{b}.ln1.b", None)
@@ -65,12 +67,12 @@ def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights:
         tl["unembed.W_U"] = W_U - _mean(W_U, -2) if center_weights else W_U
 
 
-def center_writing_weights(tl: TLWeights, cfg: dict) -> None:
+def center_writing_weights(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
     """Make every write into the residual stream mean-zero over d_model."""
-    tl["embed.W_E"] = tl["embed.W_E"] - _mean(tl["embed.W_E"], -1)
-    if "pos_embed.W_pos" in tl:
-        tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"] - _mean(tl["pos_embed.W_pos"], -1)
-    for layer in range(cfg["n_layers"]):
+    for name in ("embed.W_E", "pos_embed.W_pos"):
+        if name in tl:
+            tl[name] = tl[name] - _mean(tl[name], -1)
+    for layer in layers:
         b = f"blocks.{layer}"
         for W, bias in ((f"{b}.attn.W_O", f"{b}.attn.b_O"), (f"{b}.mlp.W_out", f"{b}.mlp.b_out")):
             tl[W] = tl[W] - _mean(tl[W], -1)
@@ -79,43 +81,109 @@ def center_writing_weights(tl: TLWeights, cfg: dict) -> None:
 
 def center_unembed(tl: TLWeights, cfg: dict) -> None:
     """Logits are translation invariant: subtract the mean over the vocabulary."""
-    tl["unembed.W_U"] = tl["unembed.W_U"] - _mean(tl["unembed.W_U"], -1)
-    tl["unembed.b_U"] = tl["unembed.b_U"] - tl["unembed.b_U"].mean()
+    if "unembed.W_U" in tl:
+        tl["unembed.W_U"] = tl["unembed.W_U"] - _mean(tl["unembed.W_U"], -1)
+        tl["unembed.b_U"] = tl["unembed.b_U"] - tl["unembed.b_U"].mean()
 
 
-def fold_value_biases(tl: TLWeights, cfg: dict) -> None:
+def fold_value_biases(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
     """Move b_V into b_O (the pattern sums to one, so b_V's contribution is constant)."""
     n_rep = cfg["n_heads"] // cfg.get("n_key_value_heads", cfg["n_heads"])
-    for layer in range(cfg["n_layers"]):
+    for layer in layers:
         b = f"blocks.{layer}"
         b_V = np.repeat(tl[f"{b}.attn.b_V"], n_rep, axis=0)  # [n_heads, d_head]
         tl[f"{b}.attn.b_O"] = tl[f"{b}.attn.b_O"] + (b_V[:, :, None] * tl[f"{b}.attn.W_O"]).sum((0, 1))
         tl[f"{b}.attn.b_V"] = np.zeros_like(tl[f"{b}.attn.b_V"])
 
 
-def process(tl: TLWeights, cfg: dict, processing: Processing) -> dict:
-    """Apply ``processing`` to ``tl`` in place, in TransformerLens' order; returns the updated config."""
+def processed_config(cfg: dict, processing: Processing) -> dict:
+    """The config after ``processing`` (fold_ln turns LN/RMS into LNPre/RMSPre)."""
     cfg = dict(cfg)
+    if processing.fold_ln and cfg["normalization_type"] in ("LN", "RMS"):
+        cfg["normalization_type"] += "Pre"
+    return cfg
+
+
+def process(tl: TLWeights, cfg: dict, processing: Processing, part: Part = None) -> dict:
+    """Apply ``processing`` to ``tl`` in place, in TransformerLens' order; returns the updated config.
+
+    ``part``: ``tl`` holds only that part of the weights (``params.parts``); every step acts on each
+    part separately, so processing part by part gives the same weights as processing all at once.
+    """
+    layers = range(cfg["n_layers"]) if part is None else [part] if isinstance(part, int) else []
     norm = cfg["normalization_type"]
+    new_cfg = processed_config(cfg, processing)
     if processing.fold_ln and norm in ("LN", "RMS"):
-        fold_layer_norm(tl, cfg, fold_biases=norm == "LN", center_weights=norm == "LN")
-        cfg["normalization_type"] = norm + "Pre"
-    if processing.center_writing_weights and cfg["normalization_type"] in ("LN", "LNPre"):
-        center_writing_weights(tl, cfg)
+        fold_layer_norm(tl, cfg, fold_biases=norm == "LN", center_weights=norm == "LN", layers=layers)
+    if processing.center_writing_weights and new_cfg["normalization_type"] in ("LN", "LNPre"):
+        center_writing_weights(tl, cfg, layers)
     # TransformerLens skips it under a logit soft-cap (tanh is not invariant to adding a constant)
     if processing.center_unembed and not cfg.get("output_logits_soft_cap", -1.0) > 0:
         center_unembed(tl, cfg)
     if processing.fold_value_biases:
-        fold_value_biases(tl, cfg)
-    return cfg
+        fold_value_biases(tl, cfg, layers)
+    return new_cfg
+
+
+def work_dtype(dtype: np.dtype) -> type:
+    """The precision processing runs in: float64 for float32 weights, float32 for 16-bit ones."""
+    return np.float64 if np.dtype(dtype).itemsize >= 4 else np.float32
+
+
+class _Reads(Mapping):
+    """``params`` as a mapping that records which names were read."""
+
+    def __init__(self, params: Params):
+        self.params, self.read = params, set()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        self.read.add(name)
+        return self.params[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.params
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+def process_stream(
+    params: Params, arch: Architecture, cfg: dict, processing: Processing,
+    emit: Callable[[str, np.ndarray], None],
+) -> tuple[dict, set[str]]:
+    """Process ``params`` (HF-named) part by part, calling ``emit(name, value)`` once per processed HF
+    param, in its own dtype (biases HF lacks: the part's dtype). Only one part is held at working
+    precision (``work_dtype``) at a time.
+
+    Returns the config after processing and the names of the params processing removed (the norms
+    fold_ln folds away).
+    """
+    new_cfg, removed = processed_config(cfg, processing), set()
+    for part in parts(cfg):
+        reads = _Reads(params)
+        tl = arch.read_weights(reads, cfg, part=part)
+        if not tl:
+            continue
+        dtype = np.dtype(next(iter(tl.values())).dtype)
+        tl = {k: np.asarray(v, dtype=work_dtype(dtype)) for k, v in tl.items()}
+        new_cfg = process(tl, cfg, processing, part)
+        written = arch.write_weights(tl, new_cfg, part=part)
+        del tl
+        removed |= reads.read - set(written)
+        while written:
+            name, value = written.popitem()
+            emit(name, np.ascontiguousarray(value, dtype=params[name].dtype if name in params else dtype))
+            del value
+    return new_cfg, removed
 
 
 def process_params(
     params: dict[str, np.ndarray], arch: Architecture, cfg: dict, processing: Processing
 ) -> tuple[dict[str, np.ndarray], dict]:
     """HF-named params → processed HF-named params (norm params folded away are absent) and new config."""
-    dtype = next(iter(params.values())).dtype
-    tl = {k: v.astype(np.float64) for k, v in arch.read_weights(params, cfg).items()}
-    new_cfg = process(tl, cfg, processing)
-    written = arch.write_weights(tl, new_cfg)
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in written.items()}, new_cfg
+    out: dict[str, np.ndarray] = {}
+    new_cfg, _ = process_stream(params, arch, cfg, processing, out.__setitem__)
+    return out, new_cfg
