@@ -7,6 +7,7 @@ A site's shape is written with symbolic dimension names; the numeric ones come f
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -81,6 +82,13 @@ def kind_of(name: str) -> SiteKind:
 def concrete_shape(dims: Iterable[str | int], cfg: dict) -> list[str | int]:
     """Replace config dims by numbers; symbolic dims stay names (as in the ONNX graph)."""
     return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else int(cfg[d]) for d in dims]
+
+
+def hooks_matching(names: Iterable[str], pattern: str) -> list[str]:
+    """The names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring (in ``names``' order)."""
+    if any(c in pattern for c in "*?["):
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in names if pattern in n]
 
 
 def ordered_hook_names(suffixes_per_block: list[str], model_level: list[str], n_layers: int) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-
 import click
 import numpy as np
 
@@ -30,10 +28,9 @@ def prompt_tokens(model, prompt: str) -> np.ndarray:
 
 def match_hooks(names: list[str], pattern: str) -> list[str]:
     """Hook names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring."""
-    if any(c in pattern for c in "*?["):
-        chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    else:
-        chosen = [n for n in names if pattern in n]
+    from graphlens.sites import hooks_matching
+
+    chosen = hooks_matching(names, pattern)
     if not chosen:
         raise click.BadParameter(
             f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "

@@ -18,21 +18,27 @@ from onnx import numpy_helper
 from graphlens.architectures import Architecture
 from graphlens.rewrite.apply_weights import apply_processing
 from graphlens.rewrite.instrument import instrument_sites, with_input_defaults
-from graphlens.rewrite.manifest_io import graph_io
+from graphlens.rewrite.manifest_io import graph_io, hook_entries, normalise_dim_labels
 from graphlens.rewrite.weights import Processing
 
 DECODER_FILE = "decoder.onnx"
 PAST_LAYOUT = ["batch", "n_key_value_heads", "past", "d_head"]
 
 
-def build_decoder(model, arch: Architecture, cfg: dict, processing: Processing, opset: int) -> tuple[onnx.ModelProto, list[str]]:
-    """The instrumented, processed decoder graph of ``model`` and its hook names."""
+def build_decoder(model, arch: Architecture, cfg: dict, processing: Processing, opset: int,
+                  patch_sites: str = "all") -> tuple[onnx.ModelProto, list[str]]:
+    """The instrumented, processed decoder graph of ``model`` and its hook names.
+
+    ``patch_sites`` chooses the sites with substitution inputs, as for ``model.onnx``.
+    """
     from graphlens.export.to_onnx import export_decoder
 
     graph = gs.import_onnx(export_decoder(model, arch, cfg, opset=opset))
-    hooks = instrument_sites(graph, cfg)
+    hooks = instrument_sites(graph, cfg, patch_sites)
     apply_processing(graph, arch, cfg, processing)
-    return with_input_defaults(gs.export_onnx(graph)), hooks
+    proto = with_input_defaults(gs.export_onnx(graph))
+    normalise_dim_labels(proto)
+    return proto, hooks
 
 
 def _point_at_model_data(decoder: onnx.ModelProto, model_file: Path) -> int:
@@ -57,22 +63,39 @@ def _point_at_model_data(decoder: onnx.ModelProto, model_file: Path) -> int:
     return shared
 
 
-def write_decoder(decoder: onnx.ModelProto, hooks: list[str], folder: Path, model_file: str) -> dict:
-    """Write ``decoder.onnx`` next to ``model_file`` in ``folder``; returns the manifest's ``decoder`` entry."""
+def write_decoder(decoder: onnx.ModelProto, hooks: list[str], folder: Path, model_file: str, cfg: dict, dtype: str,
+                  defaults: dict[str, dict] | None = None) -> dict:
+    """Write ``decoder.onnx`` next to ``model_file`` in ``folder``; returns the manifest's ``decoder`` entry.
+
+    ``defaults``: as in ``manifest_io.graph_io`` (a deployment's required inputs).
+    """
     shared = _point_at_model_data(decoder, folder / model_file)
     onnx.save_model(decoder, folder / DECODER_FILE)
-    n_layers = sum(1 for i in decoder.graph.input if i.name.endswith(".key") and i.name.startswith("past_key_values."))
+    return decoder_entry(decoder, hooks, cfg, dtype, shared > 0, defaults)
+
+
+def decoder_entry(decoder: onnx.ModelProto, hooks: list[str], cfg: dict, dtype: str, shared_weights: bool,
+                  defaults: dict[str, dict] | None = None) -> dict:
+    """The manifest's ``decoder`` entry: its inputs/outputs, the cache per layer, its hooks, as data."""
+    io = graph_io(decoder, defaults)
+    n_layers = sum(1 for i in decoder.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key"))
+    past = next(i for i in io["inputs"] if i["name"] == "past_key_values.0.key") if n_layers else None
     return {
         "file": DECODER_FILE,
-        **graph_io(decoder),
-        "past_inputs": "past_key_values.{layer}.key / past_key_values.{layer}.value",
-        "present_outputs": "present.{layer}.key / present.{layer}.value",
-        "past_layout": PAST_LAYOUT,
+        **io,
         "n_layers": n_layers,
-        "attention_mask": "[batch, past+new], 1 = attend, 0 = padding (never attended; zero positional embedding)",
-        "position_ids": "[batch, new]: cumsum(attention_mask) - 1, clipped at 0, for the new positions",
-        "hooks": "same names, shapes and patch/add inputs as the model graph, over the new positions "
-                 "(attention scores/pattern: [batch, n_heads, new, past+new])",
+        "layers": [
+            {"layer": layer, "past_key": f"past_key_values.{layer}.key", "past_value": f"past_key_values.{layer}.value",
+             "present_key": f"present.{layer}.key", "present_value": f"present.{layer}.value"}
+            for layer in range(n_layers)
+        ],
+        "past_layout": PAST_LAYOUT,
+        # the first step: every past input of this shape, with past = 0
+        "empty_past": {"dtype": past["dtype"], "shape": [0 if d == "past" else d for d in past["shape"]]} if past else None,
+        "attention_mask": {"shape": ["batch", "past + pos"], "dtype": "int64", "attend": 1, "padding": 0},
+        "position_ids": {"shape": ["batch", "pos"], "dtype": "int64",
+                         "rule": "cumsum(attention_mask, axis=1) - 1, clipped at 0; the last pos columns"},
+        "hooks": hook_entries(hooks, cfg, dtype, decoder, defaults),
         "hook_names": hooks,
-        "weights": "shared with the model's external data file" if shared else "own copy inside decoder.onnx",
+        "weights": "shared with the model's external data file" if shared_weights else "own copy inside decoder.onnx",
     }

@@ -23,14 +23,10 @@ from graphlens.bundle import (
 )
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
 from graphlens.rewrite.apply_weights import apply_processing
-from graphlens.rewrite.instrument import (
-    PATCH_SITE_CHOICES,
-    has_patch_inputs,
-    instrument_sites,
-    with_input_defaults,
-)
+from graphlens.rewrite.instrument import PATCH_SITE_CHOICES, instrument_sites, with_input_defaults
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
 from graphlens.rewrite.weights import Processing
+from graphlens.runtime.tokenizer import tokenizer_entry
 
 
 
@@ -95,7 +91,7 @@ def export_bundle(
         from graphlens.export.decoder import build_decoder
 
         report(2, steps, "exporting the KV-cache decoder graph")
-        decoder_proto, decoder_hooks = build_decoder(model, arch, cfg, processing, opset)
+        decoder_proto, decoder_hooks = build_decoder(model, arch, cfg, processing, opset, patch_sites)
     del model
 
     report(3, steps, "adding hook outputs and patch/add inputs at every site")
@@ -128,13 +124,14 @@ def export_bundle(
             "model_file": MODEL_FILE,
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **graph_io(proto),
-            "hooks": hook_entries(hooks, processed_cfg, dtype, lambda name: has_patch_inputs(name, patch_sites)),
+            "hooks": hook_entries(hooks, processed_cfg, dtype, proto),
             "tokenizer_files": tokenizer_files,
+            "tokenizer": tokenizer_entry(tmp),
         }
         if decoder:
             from graphlens.export.decoder import write_decoder
 
-            manifest["decoder"] = write_decoder(decoder_proto, decoder_hooks, tmp, MODEL_FILE)
+            manifest["decoder"] = write_decoder(decoder_proto, decoder_hooks, tmp, MODEL_FILE, processed_cfg, dtype)
         write_manifest(tmp, manifest)
     report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
     return out
