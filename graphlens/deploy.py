@@ -62,7 +62,7 @@ def deploy(
     overwrite: bool = True,
 ) -> Path:
     """Write ``out``: ``bundle`` with the hook outputs matching ``hooks`` and required substitution inputs
-    (``.patch``, ``.patch_mask``, ``.add``) at the sites matching ``patch``; returns ``out``.
+    (``.patch``, ``.patch_mask``, ``.add``) at the sites matching ``patch`` (outputs too); returns ``out``.
 
     ``decoder``: also deploy ``decoder.onnx`` (same outputs and sites, plus the KV cache) when the
     bundle has one.
@@ -75,8 +75,10 @@ def deploy(
     manifest = read_manifest(bundle)
     entries = {h["name"]: h for h in manifest["hooks"]}
     names = list(entries)
-    kept = select_hooks(names, hooks, "--hooks")
     sites = select_hooks(names, patch, "--patch")
+    # a patch site is an output too, so that the manifest lists its inputs under its hook
+    wanted = set(select_hooks(names, hooks, "--hooks")) | set(sites)
+    kept = [n for n in names if n in wanted]
     closed = [h for h in sites if not entries[h]["inputs"]]
     if closed:
         raise InputError(f"{closed[0]} (and {len(closed) - 1} more) has no substitution inputs in {bundle}; "
