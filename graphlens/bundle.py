@@ -1,6 +1,7 @@
 """The bundle folder and its manifest, ``graphlens.json`` — the contract with non-Python consumers.
 
-Format version 1. See README "Bundle format" for every field.
+Format version 2 (version 1 still loads). ``graphlens/schema/graphlens.schema.json`` defines every
+field; ``write_manifest`` validates against it (when jsonschema is installed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import onnx
 from graphlens.errors import BundleError
 
 FORMAT = "graphlens-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "graphlens.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
@@ -46,6 +47,10 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Write ``graphlens.json`` in ``path``, after checking it against the schema."""
+    from graphlens.schema import validate_manifest
+
+    validate_manifest(manifest, f"the manifest for {path}")
     (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -59,7 +59,7 @@ def intervene(
             **{k: v for k, v in manifest.items() if k != "decoder"},  # the KV-cache graph is not intervened
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **graph_io(compiled),
-            "hooks": hook_entries(kept, manifest["config"], manifest["dtype"], lambda name: False),
+            "hooks": hook_entries(kept, manifest["config"], manifest["dtype"], compiled),
             "intervention": {"source_bundle": str(bundle), "entries": [i.describe() for i in items]},
         }
         write_manifest(tmp, manifest)

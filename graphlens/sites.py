@@ -7,11 +7,12 @@ A site's shape is written with symbolic dimension names; the numeric ones come f
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from graphlens.errors import UnknownHookError
+from graphlens.errors import InputError, UnknownHookError
 
 # Symbolic dims stay symbolic in the graph; the others are read from the config.
 SYMBOLIC_DIMS = ("batch", "pos", "query_pos", "key_pos")
@@ -83,6 +84,13 @@ def concrete_shape(dims: Iterable[str | int], cfg: dict) -> list[str | int]:
     return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else int(cfg[d]) for d in dims]
 
 
+def hooks_matching(names: Iterable[str], pattern: str) -> list[str]:
+    """The names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring (in ``names``' order)."""
+    if any(c in pattern for c in "*?["):
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in names if pattern in n]
+
+
 def ordered_hook_names(suffixes_per_block: list[str], model_level: list[str], n_layers: int) -> list[str]:
     """Hook names in TransformerLens' forward order (the order its cache lists them in)."""
     before = [s for s in model_level if s in ("hook_embed", "hook_pos_embed")]
@@ -132,17 +140,9 @@ def get_act_name(name: str, layer: int | str | None = None, layer_type: str | No
     return full
 
 
-
 def match_hooks(names: list[str], pattern: str) -> list[str]:
-    """Hook names matching ``pattern``: a glob when it has ``*?[``, otherwise a substring; none is an error."""
-    import fnmatch
-
-    from graphlens.errors import InputError
-
-    if any(c in pattern for c in "*?["):
-        chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    else:
-        chosen = [n for n in names if pattern in n]
+    """``hooks_matching``, where no match is an error naming the pattern and example names."""
+    chosen = hooks_matching(names, pattern)
     if not chosen:
         raise InputError(
             f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphlens.cli.deploy import deploy
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
 from graphlens.cli.harvest import harvest
@@ -26,6 +27,7 @@ main.add_command(run)
 main.add_command(plot)
 main.add_command(intervene)
 main.add_command(harvest)
+main.add_command(deploy)
 
 if __name__ == "__main__":
     main()

@@ -29,12 +29,12 @@ from graphlens.export.source import load_hf_config, load_hf_model, save_tokenize
 from graphlens.rewrite.apply_weights import bypass_removed, missing_param_error
 from graphlens.rewrite.instrument import (
     PATCH_SITE_CHOICES,
-    has_patch_inputs,
     instrument_sites,
     with_input_defaults,
 )
-from graphlens.rewrite.manifest_io import graph_io, hook_entries
+from graphlens.rewrite.manifest_io import graph_io, hook_entries, normalise_dim_labels
 from graphlens.rewrite.weights import Processing, process_stream
+from graphlens.runtime.tokenizer import tokenizer_entry
 
 
 def _stderr_progress(step: int, total: int, message: str) -> None:
@@ -79,6 +79,7 @@ def _finish_graph(graph: gs.Graph, removed: set[str], weights: WeightsFile) -> o
     """The folded norms bypassed, substitution defaults added, placeholders pointed into ``weights``."""
     bypass_removed(graph, removed)
     proto = with_input_defaults(gs.export_onnx(graph))
+    normalise_dim_labels(proto)
     point_at_weights(proto, weights)
     proto.producer_name, proto.producer_version = "graphlens", graphlens.__version__
     return proto
@@ -132,7 +133,7 @@ def export_bundle(
         from graphlens.export.decoder import build_decoder
 
         report(2, steps, "exporting the KV-cache decoder graph")
-        decoder_graph, decoder_hooks, tensors = build_decoder(model, arch, cfg, opset)
+        decoder_graph, decoder_hooks, tensors = build_decoder(model, arch, cfg, opset, patch_sites)
         weights.add(tensors)
     del model, tensors
     gc.collect()  # the weights are now referenced by ``weights`` alone: released as they are written
@@ -175,13 +176,14 @@ def export_bundle(
             "model_file": MODEL_FILE,
             "external_data_file": EXTERNAL_DATA_FILE if external else None,
             **graph_io(protos[MODEL_FILE]),
-            "hooks": hook_entries(hooks, processed_cfg, dtype, lambda name: has_patch_inputs(name, patch_sites)),
+            "hooks": hook_entries(hooks, processed_cfg, dtype, protos[MODEL_FILE]),
             "tokenizer_files": tokenizer_files,
+            "tokenizer": tokenizer_entry(tmp),
         }
         if decoder:
             from graphlens.export.decoder import write_decoder
 
-            manifest["decoder"] = write_decoder(protos[DECODER_FILE], decoder_hooks, tmp, shared=external)
+            manifest["decoder"] = write_decoder(protos[DECODER_FILE], decoder_hooks, tmp, processed_cfg, dtype, shared=external)
         write_manifest(tmp, manifest)
     report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
     return out

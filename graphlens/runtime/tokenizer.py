@@ -84,3 +84,18 @@ class TokenizerAdapter:
 
     def decode_each(self, ids) -> list[str]:
         return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
+
+
+def tokenizer_entry(folder: str | Path) -> dict | None:
+    """The manifest's ``tokenizer`` entry: file, special token ids, prepended BOS, padding side (None: no tokenizer)."""
+    tok = TokenizerAdapter.from_folder(folder)
+    if tok is None:
+        return None
+    return {
+        "file": "tokenizer.json",
+        "bos_token": tok.bos_token, "bos_token_id": tok.bos_token_id,
+        "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id,
+        "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id,
+        "prepends_bos": tok.prepends_bos,  # does the tokenizer itself add BOS (TransformerLens adds one otherwise)
+        "padding_side": tok.padding_side,
+    }
