@@ -44,10 +44,12 @@ _KINDS = [
     SiteKind("attn.hook_attn_scores", ("batch", "n_heads", "query_pos", "key_pos")),
     SiteKind("attn.hook_pattern", ("batch", "n_heads", "query_pos", "key_pos")),
     SiteKind("attn.hook_z", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("attn.hook_result", ("batch", "pos", "n_heads", "d_model")),  # only with set_use_attn_result
     SiteKind("ln1_post.hook_scale", ("batch", "pos", 1)),  # Gemma 2: norms after attention and MLP too
     SiteKind("ln1_post.hook_normalized", ("batch", "pos", "d_model")),
     SiteKind("hook_attn_out", ("batch", "pos", "d_model")),
     SiteKind("hook_resid_mid", ("batch", "pos", "d_model")),
+    SiteKind("hook_mlp_in", ("batch", "pos", "d_model")),  # only with set_use_hook_mlp_in
     SiteKind("ln2.hook_scale", ("batch", "pos", 1)),
     SiteKind("ln2.hook_normalized", ("batch", "pos", "d_model")),
     SiteKind("mlp.hook_pre", ("batch", "pos", "d_mlp")),
@@ -99,6 +101,19 @@ def ordered_hook_names(suffixes_per_block: list[str], model_level: list[str], n_
     for layer in range(n_layers):
         names += [f"blocks.{layer}.{s}" for s in suffixes_per_block]
     return names + after
+
+
+def forward_sorted(names: Iterable[str]) -> list[str]:
+    """Hook names in TransformerLens' forward order: embeddings, blocks (kinds in table order), the rest."""
+    order = {suffix: i for i, suffix in enumerate(KINDS)}
+
+    def key(name: str) -> tuple:
+        layer, suffix = split_name(name)
+        if layer is not None:
+            return (1, layer, order[suffix])
+        return (0 if suffix in ("hook_embed", "hook_pos_embed") else 2, 0, order[suffix])
+
+    return sorted(names, key=key)
 
 
 # --- TransformerLens' shorthand names (utils.get_act_name), re-implemented ---------------------------

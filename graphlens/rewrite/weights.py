@@ -14,6 +14,7 @@ import numpy as np
 
 from graphlens.architectures.base import Architecture, Params, TLWeights
 from graphlens.architectures.params import Part, parts
+from graphlens.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,14 @@ class Processing:
     center_writing_weights: bool = True
     center_unembed: bool = True
     fold_value_biases: bool = True
+    # applied at load only (from_pretrained); written to the manifest only when applied
+    refactor_factored_attn_matrices: bool = False
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        fields = asdict(self)
+        if not self.refactor_factored_attn_matrices:
+            del fields["refactor_factored_attn_matrices"]
+        return fields
 
 
 NO_PROCESSING = Processing(False, False, False, False)
@@ -96,6 +102,32 @@ def fold_value_biases(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
         tl[f"{b}.attn.b_V"] = np.zeros_like(tl[f"{b}.attn.b_V"])
 
 
+def refactor_factored_attn_matrices(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
+    """TransformerLens' refactoring: W_Q/W_K (biases as an extra input row) made even by the SVD of W_QK,
+    b_V folded into b_O, W_V = U·S and W_O = Vhᵀ from the SVD of W_OV. The model computes the same function."""
+    from graphlens.analysis.factored_matrix import FactoredMatrix
+
+    if cfg.get("positional_embedding_type") == "rotary":
+        raise InputError("refactor_factored_attn_matrices needs absolute positions: with rotary embeddings W_QK "
+                         "depends on the positions of query and key (TransformerLens refuses it too)")
+    if cfg.get("n_key_value_heads") not in (None, cfg["n_heads"]):
+        raise InputError("refactor_factored_attn_matrices is not defined for grouped-query attention")
+    for layer in layers:
+        b = f"blocks.{layer}.attn"
+        q_eff = np.concatenate([tl[f"{b}.W_Q"], tl[f"{b}.b_Q"][:, None, :]], axis=1)  # [h, d_model+1, d_head]
+        k_eff = np.concatenate([tl[f"{b}.W_K"], tl[f"{b}.b_K"][:, None, :]], axis=1)
+        q_even, k_even_t = FactoredMatrix(q_eff, np.swapaxes(k_eff, -1, -2)).make_even().pair
+        k_even = np.swapaxes(k_even_t, -1, -2)
+        tl[f"{b}.W_Q"], tl[f"{b}.b_Q"] = q_even[:, :-1], q_even[:, -1]
+        tl[f"{b}.W_K"], tl[f"{b}.b_K"] = k_even[:, :-1], k_even[:, -1]
+        W_V, W_O, b_V = tl[f"{b}.W_V"], tl[f"{b}.W_O"], tl[f"{b}.b_V"]
+        tl[f"{b}.b_O"] = tl[f"{b}.b_O"] + (b_V[:, :, None] * W_O).sum((0, 1))
+        tl[f"{b}.b_V"] = np.zeros_like(b_V)
+        U, S, V = FactoredMatrix(W_V, W_O).svd()  # W_OV = U diag(S) Vᵀ
+        tl[f"{b}.W_V"] = U * S[:, None, :]
+        tl[f"{b}.W_O"] = np.swapaxes(V, -1, -2)
+
+
 def processed_config(cfg: dict, processing: Processing) -> dict:
     """The config after ``processing`` (fold_ln turns LN/RMS into LNPre/RMSPre)."""
     cfg = dict(cfg)
@@ -122,6 +154,8 @@ def process(tl: TLWeights, cfg: dict, processing: Processing, part: Part = None)
         center_unembed(tl, cfg)
     if processing.fold_value_biases:
         fold_value_biases(tl, cfg, layers)
+    if processing.refactor_factored_attn_matrices:
+        refactor_factored_attn_matrices(tl, cfg, layers)
     return new_cfg
 
 

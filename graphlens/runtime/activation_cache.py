@@ -7,6 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from graphlens.analysis.cache_methods import CacheAnalysisMixin
+from graphlens.runtime.session import resolve_device
 from graphlens.sites import UnknownHookError, get_act_name
 
 
@@ -69,9 +70,14 @@ class ActivationCache(CacheAnalysisMixin):
         return f"ActivationCache with keys {list(self.cache_dict)}"
 
     def to(self, device: str, move_model: bool = False) -> "ActivationCache":
-        """Arrays are numpy (host memory) whatever device ran the model; kept for TransformerLens parity."""
-        if device not in ("cpu",) and not str(device).startswith("cuda"):
-            raise ValueError(f"unknown device {device!r}")
+        """Arrays are numpy (host memory) whatever device ran the model; kept for TransformerLens parity.
+
+        A device ONNX Runtime does not have here (``"cuda"`` without onnxruntime-gpu) is refused (DeviceError);
+        ``move_model=True`` moves the model too (``model.to(device)``).
+        """
+        device = resolve_device(str(device))
+        if move_model:
+            self.model.to(device)
         return self
 
     def remove_batch_dim(self) -> "ActivationCache":

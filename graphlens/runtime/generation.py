@@ -8,11 +8,13 @@ positions count from each row's first real token.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 from jaxtyping import Int
 
+from graphlens.errors import InputError
 from graphlens.export_names import PATCH_SUFFIXES
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.inputs import as_numpy, check_tokens
@@ -144,6 +146,7 @@ class GenerationMixin:
         return_cache: bool = False,
         names_filter=None,
         on_token: Callable[[Int[np.ndarray, "batch"]], None] | None = None,
+        **generation_kwargs,
     ):
         """Sample up to ``max_new_tokens`` tokens, as TransformerLens' ``generate`` (string in → string out).
 
@@ -155,6 +158,7 @@ class GenerationMixin:
         ``on_token(tokens)`` is called with each step's tokens (streaming). Active hooks (``add_hook``,
         ``hooks()``) run at every step on the new positions, as TransformerLens' hooks with its KV cache.
         """
+        _drop_hf_kwargs(generation_kwargs)
         if return_type not in ("input", "str", "tokens"):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
                              "(graphlens generates from tokens: 'embeds' is not supported)")
@@ -184,7 +188,7 @@ class GenerationMixin:
                                          cache_names, feed_arrays, fed, self.hooked_sites(), self.call_hooks)
             for name, value in hooks.items():
                 collected[name].append(value)
-            return logits
+            return logits[:, -1]
 
         finished = np.zeros(batch, dtype=bool)
         sampled: list[np.ndarray] = []
@@ -224,6 +228,17 @@ class GenerationMixin:
             return tokens
         texts = [self.tokenizer.tokenizer.decode([int(t) for t in row], skip_special_tokens=True) for row in tokens]
         return texts[0] if len(texts) == 1 else texts
+
+
+def _drop_hf_kwargs(kwargs: dict) -> None:
+    """As TransformerLens: HF generation kwargs are warned about and ignored (return_dict_in_generate silently)."""
+    if kwargs.get("output_logits"):
+        raise InputError("generate(output_logits=True) is not supported by graphlens; use return_cache=True "
+                         "or run the generated tokens through model(...) for their logits")
+    unsupported = [k for k in kwargs if k not in ("output_logits", "return_dict_in_generate")]
+    if unsupported:
+        warnings.warn(f"HookedTransformer.generate received unsupported generation kwargs; ignoring: {unsupported}",
+                      UserWarning, stacklevel=3)
 
 
 def _progress(total: int, verbose: bool):

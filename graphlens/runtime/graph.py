@@ -67,6 +67,20 @@ class BundleGraph:
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
 
+    def replace_proto(self, proto: onnx.ModelProto) -> None:
+        """Run ``proto`` from now on: a rewrite of this graph reading the same shared weights."""
+        self.proto = proto
+        self.output_names = [o.name for o in proto.graph.output]
+        self.input_names = {i.name for i in proto.graph.input}
+        self._sessions.clear()
+        self._types = None
+
+    def to(self, device: str) -> None:
+        """Run on ``device`` from now on: the sessions are made again there (the weights stay shared)."""
+        if device != self.device:
+            self.device = device
+            self._sessions.clear()
+
     def cached(self, key: tuple, build: Callable[[], T]) -> T:
         """``build()``'s result, kept in the session cache (least recently used entries go first)."""
         if key in self._sessions:

@@ -12,6 +12,11 @@ from jaxtyping import Float, Int
 
 from graphlens.architectures import architecture_named
 from graphlens.bundle import BundleError, read_manifest
+from graphlens.errors import InputError
+from graphlens.components import ModulesMixin
+from graphlens.facade.kv_forward import KVForwardMixin
+from graphlens.facade.switches import SwitchesMixin
+from graphlens.facade.tl_api import TLFacadeMixin
 from graphlens.resolve import resolve_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
@@ -55,7 +60,8 @@ def lm_cross_entropy_loss(
     return np.asarray(-predicted.mean(), dtype=logits.dtype)
 
 
-class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
+class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMixin, WeightsMixin, HooksMixin,
+                        GenerationMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):
@@ -86,18 +92,23 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         refactor_factored_attn_matrices: bool = False,
         device: str | None = None,
         dtype: str | None = None,
+        default_prepend_bos: bool | None = None,
+        default_padding_side: Literal["left", "right"] | None = None,
         **kwargs,
     ) -> "HookedTransformer":
         """Load a bundle folder, or export an HF folder / hub id into the cache on first use.
 
         Processing flags mean what they mean in TransformerLens. A bundle that has less processing
         than asked gets the missing steps applied at load; one that has more cannot be undone.
+        ``default_padding_side`` (default: the bundle tokenizer's) and ``default_prepend_bos``
+        (default: the config's) set the defaults ``to_tokens`` and ``forward`` use.
         """
-        if refactor_factored_attn_matrices:
-            raise NotImplementedError("refactor_factored_attn_matrices is not supported yet")
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
-        processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        if default_padding_side not in (None, "left", "right"):
+            raise InputError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
+        processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases,
+                                refactor_factored_attn_matrices)
         bundle = resolve_bundle(model_name, processing, dtype)
         manifest = read_manifest(bundle)
         if dtype is not None and dtype != manifest["dtype"]:
@@ -105,7 +116,12 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
                 f"{bundle} holds {manifest['dtype']} weights, not {dtype}; "
                 f"export again with `graphlens export SOURCE --dtype {dtype}`"
             )
-        return cls(bundle, device=device, processing=processing)
+        model = cls(bundle, device=device, processing=processing)
+        if default_prepend_bos is not None:
+            model.cfg.default_prepend_bos = bool(default_prepend_bos)
+        if default_padding_side is not None and model.tokenizer is not None:
+            model.tokenizer.padding_side = default_padding_side
+        return model
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str | os.PathLike, **kwargs) -> "HookedTransformer":
@@ -119,8 +135,8 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         fields = dict(self.manifest["config"])
         if wanted is None or wanted == have:
             return fields
-        extra = {k: v for k, v in wanted.as_dict().items() if v and not have.as_dict()[k]}
-        undone = [k for k, v in have.as_dict().items() if v and not wanted.as_dict()[k]]
+        extra = {k: v for k, v in wanted.as_dict().items() if v and not getattr(have, k)}
+        undone = [k for k, v in have.as_dict().items() if v and not getattr(wanted, k)]
         if undone:
             flags = " ".join(f"--no-{k.replace('_', '-')}" for k in undone)
             raise BundleError(
@@ -275,15 +291,21 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         shortformer_pos_embed: np.ndarray | None = None,
         attention_mask: np.ndarray | None = None,
         stop_at_layer: int | None = None,
+        past_kv_cache=None,
     ):
         """Logits ``[batch, pos, d_vocab_out]``, loss, both, or None, as TransformerLens' ``forward``.
 
         ``start_at_layer=L``: ``input`` is the residual stream before block L ``[batch, pos, d_model]``
         (``tokens`` only for the loss). ``stop_at_layer=L``: returns the residual stream before block L.
-        Only the layers in between are computed. Active hooks run.
+        Only the layers in between are computed. Active hooks run. ``past_kv_cache``: a
+        ``graphlens.KeyValueCache``; only the new tokens run (see ``graphlens.facade.kv_forward``).
         """
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer_pos_embed: graphlens has no shortformer models")
+        if past_kv_cache is not None:
+            step = self._kv_step(input, past_kv_cache, [], prepend_bos, padding_side, attention_mask,
+                                 start_at_layer, stop_at_layer)
+            return self._format_output(step.logits, step.tokens, return_type, loss_per_token)
         run = bounded_run(self, input, [LOGITS] if return_type is not None else [], start_at_layer, stop_at_layer,
                           tokens, prepend_bos, padding_side)
         if stop_at_layer is not None:
@@ -325,19 +347,29 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         start_at_layer: int | None = None,
         tokens: Int[np.ndarray, "batch pos"] | None = None,
         stop_at_layer: int | None = None,
+        past_kv_cache=None,
+        attention_mask: np.ndarray | None = None,
     ):
         """``(output, cache)`` from a single run that also returns every hook ``names_filter`` selects.
 
         Active hooks run first: the cache holds the values after them. With ``stop_at_layer`` the
         output is the residual stream there; the cache holds the sites the bounded run computes.
+        With ``past_kv_cache`` the cache holds the new positions.
         """
         if incl_bwd:
             raise NotImplementedError("graphlens runs inference only: incl_bwd (gradients) is not available")
         names = [n for n in self.hook_names_matching(names_filter)
                  if site_runs(n, self.cfg.n_layers, start_at_layer, stop_at_layer)]
         outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])
-        run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
-        results, tokens = run.results, run.tokens
+        if past_kv_cache is not None:
+            step = self._kv_step(input, past_kv_cache, self._decoder_hook_names(names), prepend_bos, padding_side,
+                                 attention_mask, start_at_layer, stop_at_layer)
+            names = list(step.hooks)
+            results, tokens = {LOGITS: step.logits, **step.hooks}, step.tokens
+            run = None
+        else:
+            run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
+            results, tokens = run.results, run.tokens
         if reset_hooks_end and clear_contexts:  # as TransformerLens' caching-hooks context on exit
             self.clear_contexts()
         cache_dict = {name: results[name] for name in names}

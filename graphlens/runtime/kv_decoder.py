@@ -20,7 +20,7 @@ from graphlens.runtime.graph import LOGITS, BundleGraph
 from graphlens.runtime.partitioned import HookCaller, run_partitioned
 
 
-def _ort_device(device: str) -> tuple[str, int]:
+def ort_device(device: str) -> tuple[str, int]:
     if device.startswith("cuda"):
         return "cuda", int(device.split(":")[1]) if ":" in device else 0
     return "cpu", 0
@@ -61,7 +61,7 @@ class KVDecoder:
 
     def __init__(self, graph: BundleGraph, n_layers: int, n_kv_heads: int, d_head: int, batch: int, dtype=np.float32):
         self.graph = graph
-        self.device_type, self.device_id = _ort_device(graph.device)
+        self.device_type, self.device_id = ort_device(graph.device)
         self.past_names = [f"past_key_values.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
         self.present_names = [f"present.{layer}.{kind}" for layer in range(n_layers) for kind in ("key", "value")]
         self._empty = np.zeros((batch, n_kv_heads, 0, d_head), dtype=dtype)
@@ -88,8 +88,8 @@ class KVDecoder:
         fed: Mapping[str, Iterable[str]] | None = None,
         hooked: Sequence[str] = (),
         call_hooks: HookCaller | None = None,
-    ) -> tuple[Float[np.ndarray, "batch d_vocab_out"], dict[str, np.ndarray]]:
-        """Run the new positions; returns the last position's logits and the hook outputs asked for.
+    ) -> tuple[Float[np.ndarray, "batch new d_vocab_out"], dict[str, np.ndarray]]:
+        """Run the new positions; returns their logits and the hook outputs asked for.
 
         ``hooked`` sites run their Python hooks (``call_hooks``) on the new positions; the step is then
         cut at those sites (``run_partitioned``) and the cache makes a round trip through numpy.
@@ -114,8 +114,7 @@ class KVDecoder:
         self.graph.session_runs += 1
         values = dict(zip([LOGITS, *self.present_names, *hooks], binding.get_outputs()))  # in bind order
         self.past = [values[name] for name in self.present_names]
-        logits = values[LOGITS].numpy()[:, -1]
-        return logits, {name: values[name].numpy() for name in hooks}
+        return values[LOGITS].numpy(), {name: values[name].numpy() for name in hooks}
 
     def _step_with_hooks(self, input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks):
         inputs = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64),
@@ -123,4 +122,4 @@ class KVDecoder:
                   **{name: value.numpy() for name, value in zip(self.past_names, self.past)}}
         results = run_partitioned(self.graph, hooked, [LOGITS, *self.present_names, *hooks], inputs, call_hooks, None, fed)
         self.past = [self._value(results[name]) for name in self.present_names]
-        return results[LOGITS][:, -1], {name: results[name] for name in hooks}
+        return results[LOGITS], {name: results[name] for name in hooks}

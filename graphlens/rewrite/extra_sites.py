@@ -1,0 +1,168 @@
+"""Sites TransformerLens adds only when asked (``set_use_attn_result``, ``set_use_hook_mlp_in``), as a graph rewrite.
+
+Applied to a loaded bundle's graphs when the flag is set (and undone by restoring the graph when it is
+unset), so a model without the flag runs exactly the exported graph.
+
+- ``blocks.L.attn.hook_result`` ``[batch, pos, n_heads, d_model]``: the attention output projection is
+  rewritten as TransformerLens computes it with ``use_attn_result``: each head's ``z @ W_O[h]``, summed
+  over heads, plus ``b_O``. ``W_O`` is the output projection's own initializer, reshaped in the graph
+  (no copy), so weight processing stays in one place.
+- ``blocks.L.hook_mlp_in`` ``[batch, pos, d_model]``: the MLP norm's input (the residual stream before
+  it), a site of its own, so a patch there changes the MLP's input and not the residual stream.
+
+Each new site becomes a ``graphlens.Site`` marker that ``rewrite.instrument.instrument_sites`` turns into
+a hook output with ``.patch``/``.patch_mask``/``.add`` inputs, like every exported site.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphlens.errors import ExportError
+from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, with_input_defaults
+
+_PASS_THROUGH = ("Identity", "Reshape")
+
+
+def _only_consumer(tensor: gs.Variable) -> gs.Node | None:
+    consumers = list(tensor.outputs)
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _follow(tensor: gs.Variable) -> gs.Variable:
+    """The last tensor of a chain of single-consumer Identity/Reshape nodes starting at ``tensor``."""
+    node = _only_consumer(tensor)
+    while node is not None and node.op in _PASS_THROUGH and node.inputs[0] is tensor:
+        tensor = node.outputs[0]
+        node = _only_consumer(tensor)
+    return tensor
+
+
+def _output_projection(graph: gs.Graph, z: gs.Variable, name: str):
+    """``(W [in, out] tensor, bias tensor or None, the projection's [batch, pos, d_model] output)`` after ``z``."""
+    merged = _follow(z)
+    linear = _only_consumer(merged)
+    if linear is None or linear.op not in ("Gemm", "MatMul") or linear.inputs[0] is not merged:
+        raise ExportError(f"{name}: no output projection (MatMul/Gemm) found after hook_z; this graph cannot "
+                          "expose attn.hook_result")
+    weight, bias = linear.inputs[1], None
+    if linear.op == "Gemm":
+        if linear.attrs.get("transA", 0) or linear.attrs.get("alpha", 1.0) != 1.0 or linear.attrs.get("beta", 1.0) != 1.0:
+            raise ExportError(f"{name}: unexpected Gemm attributes {linear.attrs} on the output projection")
+        if linear.attrs.get("transB", 0):
+            weight = _node(graph, "Transpose", [weight], f"{name}.w_in_out", perm=[1, 0])
+        bias = linear.inputs[2] if len(linear.inputs) > 2 else None
+        out = linear.outputs[0]
+    else:
+        out = linear.outputs[0]
+        adder = _only_consumer(out)
+        if adder is not None and adder.op == "Add":
+            other = [t for t in adder.inputs if t is not out]
+            if len(other) == 1 and _is_weight(other[0]):
+                bias, out = other[0], adder.outputs[0]
+    return weight, bias, _follow(out)
+
+
+def _is_weight(tensor) -> bool:
+    """A tensor computed from initializers only (a Constant, or a Transpose/Cast of one)."""
+    if isinstance(tensor, gs.Constant):
+        return True
+    return len(tensor.inputs) == 1 and all(_is_weight(t) for t in tensor.inputs[0].inputs)
+
+
+def _const(name: str, values) -> gs.Constant:
+    return gs.Constant(name, np.asarray(values, dtype=np.int64))
+
+
+def _node(graph: gs.Graph, op: str, inputs: list, name: str, dtype=None, **attrs) -> gs.Variable:
+    out = gs.Variable(name, dtype=dtype)
+    graph.nodes.append(gs.Node(op, name=f"{name}.node", inputs=inputs, outputs=[out], attrs=attrs))
+    return out
+
+
+def _marker(graph: gs.Graph, x: gs.Variable, site: str) -> gs.Variable:
+    out = gs.Variable(f"{site}.marked", dtype=x.dtype)
+    graph.nodes.append(gs.Node(MARKER_OP, name=f"{site}.marker", domain=MARKER_DOMAIN, attrs={"name": site},
+                               inputs=[x], outputs=[out]))
+    return out
+
+
+def _rewire(old: gs.Variable, new: gs.Variable, skip=()) -> None:
+    for consumer in list(old.outputs):
+        if consumer in skip:
+            continue
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[i] = new
+
+
+def add_attn_result(graph: gs.Graph, layer: int, cfg: dict) -> None:
+    """Rewrite block ``layer``'s output projection as a sum of per-head results, marked as ``attn.hook_result``."""
+    site = f"blocks.{layer}.attn.hook_result"
+    tensors = graph.tensors()
+    z = tensors[f"blocks.{layer}.attn.hook_z"]
+    weight, bias, out = _output_projection(graph, z, site)
+    dtype = z.dtype
+    w_heads = _node(graph, "Reshape", [weight, _const(f"{site}.w_shape", [cfg["n_heads"], cfg["d_head"], -1])],
+                    f"{site}.w_heads", dtype)  # [h, d_head, d_model]
+    z_heads = _node(graph, "Transpose", [z], f"{site}.z_heads", dtype, perm=[0, 2, 1, 3])  # [b, h, p, d_head]
+    per_head = _node(graph, "MatMul", [z_heads, w_heads], f"{site}.per_head", dtype)  # [b, h, p, d_model]
+    result = _node(graph, "Transpose", [per_head], f"{site}.raw", dtype, perm=[0, 2, 1, 3])
+    summed = _node(graph, "ReduceSum", [_marker(graph, result, site), _const(f"{site}.heads_axis", [2])],
+                   f"{site}.summed", dtype, keepdims=0)
+    total = _node(graph, "Add", [summed, bias], f"{site}.plus_bias", dtype) if bias is not None else summed
+    _rewire(out, total)
+
+
+def _reaches(start: gs.Node, targets: set[str], limit: int = 64) -> bool:
+    """Whether a tensor named in ``targets`` is computed within ``limit`` nodes downstream of ``start``."""
+    frontier, seen = [start], set()
+    while frontier and len(seen) < limit:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for out in node.outputs:
+            if out.name in targets:
+                return True
+            frontier.extend(out.outputs)
+    return False
+
+
+def add_hook_mlp_in(graph: gs.Graph, layer: int, cfg: dict) -> None:
+    """Give block ``layer``'s MLP norm its own input site ``hook_mlp_in`` (TransformerLens: a clone of resid_mid)."""
+    site = f"blocks.{layer}.hook_mlp_in"
+    tensors = graph.tensors()
+    source = tensors.get(f"blocks.{layer}.hook_resid_mid", tensors[f"blocks.{layer}.hook_resid_pre"])
+    norm_sites = {f"blocks.{layer}.ln2.hook_scale", f"blocks.{layer}.ln2.hook_normalized"}
+    norm_reads = [n for n in source.outputs if _reaches(n, norm_sites)]
+    if not norm_reads:
+        raise ExportError(f"{site}: no MLP norm reading {source.name} found")
+    copy = _node(graph, "Identity", [source], f"{site}.input", source.dtype)
+    marked = _marker(graph, copy, site)
+    for node in norm_reads:
+        for i, tensor in enumerate(node.inputs):
+            if tensor is source:
+                node.inputs[i] = marked
+
+
+REWRITES = {"attn.hook_result": add_attn_result, "hook_mlp_in": add_hook_mlp_in}
+
+
+def with_extra_sites(proto: onnx.ModelProto, suffixes: list[str], cfg: dict) -> onnx.ModelProto:
+    """A copy of ``proto`` (an instrumented bundle graph) with the sites ``suffixes`` added in every block."""
+    graph = gs.import_onnx(proto)
+    for suffix in suffixes:
+        for layer in range(cfg["n_layers"]):
+            REWRITES[suffix](graph, layer, cfg)
+    instrument_sites(graph, cfg, "all")
+    out = gs.export_onnx(graph)
+    # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again
+    kept = {i.name for i in out.graph.input}
+    out.graph.input.extend(i for i in proto.graph.input if i.name not in kept)
+    del out.opset_import[:]
+    out.opset_import.extend(proto.opset_import)
+    out.ir_version = proto.ir_version
+    return with_input_defaults(out)

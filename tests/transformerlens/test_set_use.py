@@ -1,0 +1,133 @@
+"""``set_use_attn_result`` / ``set_use_hook_mlp_in``: TransformerLens' optional hooks as graph sites, against
+TransformerLens 3.9 with the same flags on the same weights (values, hooks, patches, the KV-cache path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graphlens import HookedTransformer, KeyValueCache
+from graphlens.errors import InputError, UnknownHookError
+from tests.models import tl_reference
+from tests.test_equivalence import assert_close
+
+NEW_SITES = ("attn.hook_result", "hook_mlp_in")
+
+
+@pytest.fixture(scope="module", params=["small", "heads8"])
+def models(request, gpt2_bundles, hf_gpt2_dirs):
+    ours = HookedTransformer.from_pretrained(gpt2_bundles[request.param, True])
+    ref = tl_reference(hf_gpt2_dirs[request.param])
+    yield ours, ref
+    ours.set_use_attn_result(False)
+    ours.set_use_hook_mlp_in(False)
+
+
+def _both(ours, ref, on: bool):
+    for model in (ours, ref):
+        model.set_use_attn_result(on)
+        model.set_use_hook_mlp_in(on)
+
+
+def test_cache_has_transformer_lens_sites_and_values(models):
+    ours, ref = models
+    tokens = np.random.default_rng(0).integers(0, ours.cfg.d_vocab, size=(2, 9))
+    plain_logits = ours(tokens)
+    _both(ours, ref, True)
+    try:
+        assert ours.cfg.use_attn_result and ours.cfg.use_hook_mlp_in
+        logits, cache = ours.run_with_cache(tokens)
+        with torch.no_grad():
+            ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
+        assert list(cache.keys()) == list(ref_cache.keys())  # same names in the same (forward) order
+        for name in ref_cache.keys():
+            assert_close(cache[name], ref_cache[name], name)
+        assert cache["blocks.0.attn.hook_result"].shape == (2, 9, ours.cfg.n_heads, ours.cfg.d_model)
+        assert cache["result", 1].shape == cache["blocks.1.attn.hook_result"].shape
+        assert_close(logits, ref_logits, "logits")
+        np.testing.assert_allclose(logits, plain_logits, atol=1e-5)  # the rewrite computes the same function
+        assert ours.blocks[1].attn.hook_result is ours.hook_dict["blocks.1.attn.hook_result"]
+    finally:
+        _both(ours, ref, False)
+    assert not any(n.endswith(NEW_SITES) for n in ours.hook_names)
+    _, cache = ours.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" not in cache
+    np.testing.assert_array_equal(ours(tokens), plain_logits)  # flag off: the exported graph again
+
+
+def test_hooks_and_patches_on_the_new_sites(models):
+    ours, ref = models
+    tokens = np.random.default_rng(1).integers(0, ours.cfg.d_vocab, size=(2, 7))
+    last = ours.cfg.n_layers - 1
+
+    def ablate_head(result, hook):
+        result[:, :, 1] = 0.0
+
+    def halve(x, hook):
+        return x * 0.5
+
+    hooks = [(f"blocks.0.attn.hook_result", ablate_head), (f"blocks.{last}.hook_mlp_in", halve)]
+    _both(ours, ref, True)
+    try:
+        logits = ours.run_with_hooks(tokens, fwd_hooks=hooks)
+        with torch.no_grad():
+            ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=hooks)
+            _, ref_cache = ref.run_with_cache(torch.tensor(tokens), names_filter=f"blocks.{last}.hook_resid_mid")
+        assert_close(logits, ref_logits, "logits with hooks on hook_result and hook_mlp_in")
+        assert not np.allclose(logits, ours(tokens), atol=1e-3)  # the hooks did something
+
+        # the same interventions as substitution inputs of the graph (any ONNX Runtime binding can feed them)
+        mask = np.zeros((1, 1, ours.cfg.n_heads, 1), dtype=bool)
+        mask[:, :, 1] = True
+        patched = ours.run_graph(tokens, ["logits"], {"blocks.0.attn.hook_result.patch": np.zeros((1, 1, 1, 1), np.float32),
+                                                      "blocks.0.attn.hook_result.patch_mask": mask})
+        np.testing.assert_allclose(patched["logits"], ours.run_with_hooks(tokens, fwd_hooks=hooks[:1]), atol=1e-4)
+        resid_mid = ref_cache[f"blocks.{last}.hook_resid_mid"].numpy()
+        added = ours.run_graph(tokens, ["logits", f"blocks.{last}.hook_resid_mid"],
+                               {f"blocks.{last}.hook_mlp_in.add": -0.5 * resid_mid})
+        with torch.no_grad():
+            ref_halved = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=hooks[1:])
+        assert_close(added["logits"], ref_halved, "logits with hook_mlp_in.add")
+        # hook_mlp_in is the MLP's input only: the residual stream around it is untouched
+        assert_close(added[f"blocks.{last}.hook_resid_mid"], resid_mid, "resid_mid")
+    finally:
+        _both(ours, ref, False)
+    with pytest.raises(UnknownHookError):
+        ours.run_with_hooks(tokens, fwd_hooks=hooks)  # flag off: the hook point is gone
+
+
+def test_kv_cache_and_generate_see_the_new_sites(models):
+    ours, ref = models
+    tokens = np.random.default_rng(2).integers(1, ours.cfg.d_vocab, size=(1, 8))
+    _both(ours, ref, True)
+    try:
+        _, full = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith(NEW_SITES))
+        cache = KeyValueCache.init_cache(ours.cfg, ours.cfg.device, 1)
+        _, first = ours.run_with_cache(tokens[:, :5], names_filter=lambda n: n.endswith(NEW_SITES), past_kv_cache=cache)
+        _, second = ours.run_with_cache(tokens[:, 5:], names_filter=lambda n: n.endswith(NEW_SITES), past_kv_cache=cache)
+        assert set(full.keys()) == set(first.keys()) == set(second.keys())
+        for name in full.keys():
+            np.testing.assert_allclose(np.concatenate([first[name], second[name]], axis=1), full[name], atol=1e-4)
+        out, generated = ours.generate(tokens, max_new_tokens=3, do_sample=False, verbose=False, return_cache=True,
+                                       names_filter="blocks.0.attn.hook_result")
+        with torch.no_grad():
+            ref_out = ref.generate(torch.tensor(tokens), max_new_tokens=3, do_sample=False, verbose=False)
+            _, ref_cache = ref.run_with_cache(ref_out, names_filter="blocks.0.attn.hook_result")
+        np.testing.assert_array_equal(out, ref_out.numpy())
+        assert_close(generated["blocks.0.attn.hook_result"], ref_cache["blocks.0.attn.hook_result"], "generate cache")
+    finally:
+        _both(ours, ref, False)
+
+
+def test_switches_transformer_lens_refuses_or_graphlens_cannot_split(models):
+    ours, _ = models
+    with pytest.raises(InputError, match="hook_q_input"):
+        ours.set_use_split_qkv_input(True)
+    with pytest.raises(InputError, match="hook_attn_in"):
+        ours.set_use_attn_in(True)
+    ours.set_use_split_qkv_input(False)  # turning them off is fine
+    ours.set_use_attn_in(False)
+    assert not ours.cfg.use_split_qkv_input and not ours.cfg.use_attn_in
+    with pytest.raises(InputError, match="True or False"):
+        ours.set_use_attn_result("yes")
