@@ -20,12 +20,13 @@ from typing import Iterable, Sequence
 
 import onnx
 
-from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, save_model, write_manifest, writing_bundle
+from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT_VERSION, read_manifest, save_model, write_manifest, writing_bundle
 from graphlens.errors import InputError
 from graphlens.rewrite.manifest_io import graph_io, hook_entries, input_defaults
 from graphlens.rewrite.specialise import specialise
 from graphlens.sites import hooks_matching
 from graphlens.runtime.graph import LOGITS
+from graphlens.runtime.tokenizer import tokenizer_entry
 
 
 def select_hooks(names: Sequence[str], patterns: Iterable[str], option: str) -> list[str]:
@@ -73,6 +74,8 @@ def deploy(
     if out.resolve() == bundle.resolve():
         raise InputError("write the deployment to another folder than its source bundle")
     manifest = read_manifest(bundle)
+    if "deployment" in manifest:
+        raise InputError(f"{bundle} is a deployment already; deploy its source bundle ({manifest['deployment']['source_bundle']})")
     entries = {h["name"]: h for h in manifest["hooks"]}
     names = list(entries)
     sites = select_hooks(names, patch, "--patch")
@@ -96,6 +99,8 @@ def deploy(
             shutil.copy2(bundle / name, tmp / name)
         result = {
             **{k: v for k, v in manifest.items() if k not in ("decoder", "files")},
+            "format_version": FORMAT_VERSION,  # everything below is rebuilt from the graphs, whatever the source's version
+            "tokenizer": tokenizer_entry(tmp),
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **graph_io(graph, defaults),
             "hooks": hook_entries(kept, cfg, dtype, graph, defaults),

@@ -61,6 +61,14 @@ for (const [name, c] of Object.entries(cases)) {
       assertClose(logits, c.arrays['hook:unembed.hook_out'], 'logits');
     });
 
+    test('loading through readFile (as in a browser) gives the same numbers', async () => {
+      const fromBytes = await loadBundle('unused', { ort, readFile: async (file) => new Uint8Array(readFileSync(join(c.bundle, file))) });
+      const a = await fromBytes.run(c.tokens);
+      assertClose(a.logits, c.arrays['hook:unembed.hook_out'], 'logits');
+      assert.deepEqual(await fromBytes.generate(c.tokens, { maxNewTokens: 3, doSample: false, stopAtEos: false }),
+        c.generate.greedy.map((r) => r.slice(0, c.tokens[0].length + 3)));
+    });
+
     test('a hook_z head ablation equals Python', async () => {
       const { n_heads: heads, d_head: dHead } = model.cfg;
       const mask = zeros(heads);
@@ -118,18 +126,22 @@ for (const [name, c] of Object.entries(cases)) {
 
     if (name === 'shipped-float32') {
       test('the README JavaScript snippets run as written', () => {
-        const here = dirname(fileURLToPath(import.meta.url));
-        const readme = readFileSync(join(here, '..', '..', 'README.md'), 'utf8');
-        for (const marker of ['<!-- js-quickstart -->', '<!-- js-raw -->']) {
-          const block = readme.split(marker)[1].match(/```js\n([\s\S]*?)```/)[1];
-          assert.ok(block.includes("'models/pydoc-gpt2-js'"), marker);
-          const file = join(here, `.readme-${marker.slice(8, -4)}.mjs`);  // inside the package: 'graphlens' resolves
-          writeFileSync(file, block.replaceAll("'models/pydoc-gpt2-js'", JSON.stringify(c.bundle)));
-          const run = spawnSync(process.execPath, [file], { encoding: 'utf8' });
-          rmSync(file);
+        for (const marker of ['js-quickstart', 'js-raw']) {
+          const run = runReadmeBlock(marker, c.bundle);
           assert.equal(run.status, 0, `${marker}: ${run.stderr}`);
           assert.ok(run.stdout.length > 0, marker);
         }
+      });
+
+      test('the README raw-binding program steers exactly as the package', async () => {
+        const run = runReadmeBlock('js-raw', c.bundle, '\nconsole.log(JSON.stringify(Array.from(logits.data)));\n');
+        assert.equal(run.status, 0, run.stderr);
+        const raw = Float32Array.from(JSON.parse(run.stdout.trim().split('\n').at(-1)));
+        const vector = Array.from({ length: model.cfg.d_model }, (_, i) => (i % 2 ? 2 : -2));
+        const ids = [[0, 450, 988, 860]];
+        const steered = toFloat32((await model.run(ids, { feeds: { 'blocks.1.hook_resid_pre': { add: vector } } })).logits);
+        assert.deepEqual(raw, steered);
+        assert.notDeepEqual(raw, toFloat32((await model.run(ids)).logits));
       });
     }
 
@@ -142,4 +154,19 @@ for (const [name, c] of Object.entries(cases)) {
       });
     }
   });
+}
+
+/** Run the ```js block after `<!-- marker -->` in the README on `bundle` (plus `tail`), from inside the package. */
+function runReadmeBlock(marker, bundle, tail = '') {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const readme = readFileSync(join(here, '..', '..', 'README.md'), 'utf8');
+  const block = readme.split(`<!-- ${marker} -->`)[1].match(/```js\n([\s\S]*?)```/)[1];
+  assert.ok(block.includes("'models/pydoc-gpt2-js'"), marker);
+  const file = join(here, `.readme-${marker}.mjs`); // inside the package, so that 'graphlens' resolves
+  writeFileSync(file, block.replaceAll("'models/pydoc-gpt2-js'", JSON.stringify(bundle)) + tail);
+  try {
+    return spawnSync(process.execPath, [file], { encoding: 'utf8' });
+  } finally {
+    rmSync(file);
+  }
 }
