@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import onnx
 
-from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT_VERSION, read_manifest, save_model, write_manifest, writing_bundle
+from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT_VERSION, derived_bundle_paths, read_manifest, save_model, write_manifest, writing_bundle
 from graphlens.errors import InputError
 from graphlens.rewrite.manifest_io import graph_io, hook_entries, input_defaults
 from graphlens.rewrite.specialise import specialise
@@ -68,11 +68,7 @@ def deploy(
     ``decoder``: also deploy ``decoder.onnx`` (same outputs and sites, plus the KV cache) when the
     bundle has one.
     """
-    bundle, out = Path(bundle), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
-    if out.resolve() == bundle.resolve():
-        raise InputError("write the deployment to another folder than its source bundle")
+    bundle, out = derived_bundle_paths(bundle, out, overwrite)
     manifest = read_manifest(bundle)
     if "deployment" in manifest:
         raise InputError(f"{bundle} is a deployment already; deploy its source bundle ({manifest['deployment']['source_bundle']})")
