@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import onnx
-from graphlens.errors import BundleError
+from graphlens.errors import BundleError, InputError
 
 FORMAT = "graphlens-bundle"
 FORMAT_VERSION = 2
@@ -52,6 +52,16 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
 
     validate_manifest(manifest, f"the manifest for {path}")
     (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def derived_bundle_paths(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
+    """``(source, out)`` as Paths for a bundle made from another one, after checking that ``out`` may be written."""
+    source, out = Path(source), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
+    if out.resolve() == source.resolve():
+        raise InputError(f"write the new bundle to another folder than its source {source}")
+    return source, out
 
 
 @contextlib.contextmanager

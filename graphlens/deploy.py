@@ -20,12 +20,13 @@ from typing import Iterable, Sequence
 
 import onnx
 
-from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, save_model, write_manifest, writing_bundle
+from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT_VERSION, derived_bundle_paths, read_manifest, save_model, write_manifest, writing_bundle
 from graphlens.errors import InputError
 from graphlens.rewrite.manifest_io import graph_io, hook_entries, input_defaults
 from graphlens.rewrite.specialise import specialise
 from graphlens.sites import hooks_matching
 from graphlens.runtime.graph import LOGITS
+from graphlens.runtime.tokenizer import tokenizer_entry
 
 
 def select_hooks(names: Sequence[str], patterns: Iterable[str], option: str) -> list[str]:
@@ -67,12 +68,10 @@ def deploy(
     ``decoder``: also deploy ``decoder.onnx`` (same outputs and sites, plus the KV cache) when the
     bundle has one.
     """
-    bundle, out = Path(bundle), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
-    if out.resolve() == bundle.resolve():
-        raise InputError("write the deployment to another folder than its source bundle")
+    bundle, out = derived_bundle_paths(bundle, out, overwrite)
     manifest = read_manifest(bundle)
+    if "deployment" in manifest:
+        raise InputError(f"{bundle} is a deployment already; deploy its source bundle ({manifest['deployment']['source_bundle']})")
     entries = {h["name"]: h for h in manifest["hooks"]}
     names = list(entries)
     sites = select_hooks(names, patch, "--patch")
@@ -96,6 +95,8 @@ def deploy(
             shutil.copy2(bundle / name, tmp / name)
         result = {
             **{k: v for k, v in manifest.items() if k not in ("decoder", "files")},
+            "format_version": FORMAT_VERSION,  # everything below is rebuilt from the graphs, whatever the source's version
+            "tokenizer": tokenizer_entry(tmp),
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **graph_io(graph, defaults),
             "hooks": hook_entries(kept, cfg, dtype, graph, defaults),

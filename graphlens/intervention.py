@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from graphlens.bundle import EXTERNAL_DATA_FILE, read_manifest, save_model, write_manifest, writing_bundle
+from graphlens.bundle import EXTERNAL_DATA_FILE, derived_bundle_paths, read_manifest, save_model, write_manifest, writing_bundle
 from graphlens.rewrite.intervene import apply_interventions, load_spec, parse_spec
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
 from graphlens.rewrite.specialise import specialise
@@ -32,11 +32,7 @@ def intervene(
     ``keep_hooks``: keep every hook as a graph output (loadable for ``run_with_cache``); otherwise
     the graph has the same outputs as an unhooked export.
     """
-    bundle, out = Path(bundle), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
-    if out.resolve() == bundle.resolve():
-        raise ValueError("write the intervened bundle to another folder than its source")
+    bundle, out = derived_bundle_paths(bundle, out, overwrite)
     manifest = read_manifest(bundle)
     hooks = [h["name"] for h in manifest["hooks"]]
     entries, base = load_spec(spec)

@@ -98,6 +98,9 @@ def test_patch_sites_resid_reaches_the_decoder(small_hf, tmp_path):
 def test_bad_patterns_are_one_line_errors(small_bundle, tmp_path):
     with pytest.raises(InputError, match="matches no hook"):
         deploy(small_bundle, tmp_path / "d", patch=["hook_nothing"])
+    first = deploy(small_bundle, tmp_path / "first", hooks=[], decoder=False)
+    with pytest.raises(InputError, match="a deployment already"):
+        deploy(first, tmp_path / "d")
     result = CliRunner().invoke(main, ["deploy", str(small_bundle), "-o", str(tmp_path / "d"), "--hooks", "no_such"])
     assert result.exit_code == 1 and result.output.startswith("Error: --hooks 'no_such' matches no hook")
     assert not (tmp_path / "d").exists()
@@ -135,3 +138,19 @@ def test_any_overridable_initializer_becomes_a_required_input_with_its_default()
     session = ort.InferenceSession(deployed.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "position_ids"]
     assert session.run(None, {"input_ids": np.ones((1, 3), np.int64), **_defaults(io["inputs"][1:])})[0].tolist() == [[1, 2, 3]]
+
+
+def test_graphlens_sessions_print_no_initializer_warnings(small_bundle):
+    """ONNX Runtime warns once per overridable initializer and session; graphlens' sessions do not show it."""
+    import subprocess
+    import sys
+
+    warning = "appears in graph inputs"
+    ours = ("import numpy as np; from graphlens import HookedTransformer; "
+            f"m = HookedTransformer.from_pretrained({str(small_bundle)!r}); t = np.array([[1, 2, 3]]); "
+            "m(t); m.run_with_cache(t); m.generate(t, max_new_tokens=2, verbose=False)")
+    plain = f"import onnxruntime as ort; ort.InferenceSession({str(small_bundle / 'model.onnx')!r})"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300) for code in (ours, plain)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-2000:] for run in runs]
+    assert warning not in runs[0].stderr
+    assert warning in runs[1].stderr  # without the log level, ONNX Runtime does print them

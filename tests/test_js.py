@@ -2,7 +2,7 @@
 
 Cases: the shipped model in float32 and float16, and a GQA Llama. The references come from graphlens'
 HookedTransformer on the exported bundle; the JavaScript side runs the `graphlens deploy` bundle made
-from it through onnxruntime-node (tokenization included). Node and js/node_modules are needed: without
+from it through onnxruntime-node (tokenization included), and through onnxruntime-web's WebAssembly backend. Node and js/node_modules are needed: without
 them the test is skipped, unless GRAPHLENS_REQUIRE_JS=1 (as in .ci/run), where it fails.
 """
 

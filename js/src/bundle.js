@@ -7,6 +7,16 @@ import { argmax, sample, seededRandom } from './sampling.js';
 export const FORMAT_VERSION = 2;
 const KINDS = { patch: 'patch', patch_mask: 'patch_mask', patchMask: 'patch_mask', add: 'add' };
 
+/** `{patch, patch_mask, add}` (any of them) rather than one tensor. */
+function isSiteFeeds(value) {
+  return value !== null && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype
+    && !('dims' in value) && Object.keys(value).length > 0 && Object.keys(value).every((k) => k in KINDS);
+}
+
+function overridable(name, fix) {
+  return new GraphlensError(`${name} is an overridable initializer in this bundle, and ONNX Runtime's JavaScript bindings silently drop feeds for those: load a deployment that has it as a required input (${fix})`);
+}
+
 async function nodeReader(dir) {
   const { readFile } = await import('node:fs/promises');
   const { join } = await import('node:path');
@@ -88,6 +98,7 @@ export class Bundle {
 
   async decoder() {
     if (!this.decoderSpec) throw new GraphlensError('this bundle has no decoder graph (an intervened bundle, or exported with --no-decoder): export or deploy it with the decoder');
+    if (!this.manifest.decoder.layers) throw new GraphlensError('this manifest (format 1) describes its decoder in prose only: export the bundle again to generate from JavaScript');
     if (!this.decoderSession) this.decoderSession = await this.openSession(this.manifest.decoder.file);
     return this.decoderSession;
   }
@@ -95,6 +106,7 @@ export class Bundle {
   // ---- tokens --------------------------------------------------------------------------------------
   requireTokenizer() {
     if (!this.tokenizer) throw new GraphlensError('this bundle has no tokenizer.json: pass token ids instead of text');
+    if (!this.manifest.tokenizer) throw new GraphlensError('this manifest (format 1) has no tokenizer entry (special token ids): export the bundle again, or pass token ids');
     return this.tokenizer;
   }
 
@@ -149,13 +161,12 @@ export class Bundle {
   buildFeeds(session, spec, base, given, sizes) {
     const feeds = { ...base };
     for (const [key, value] of Object.entries(given || {})) {
-      if (spec.hooks.has(key) || (!spec.substitution.has(key) && !spec.inputs.has(key) && value && typeof value === 'object' && !('dims' in value) && !Array.isArray(value) && !(value instanceof this.ort.Tensor))) {
-        if (!spec.hooks.has(key)) throw this.unknown(key, spec);
-        for (const [kind, v] of Object.entries(value)) {
-          if (!(kind in KINDS)) throw new GraphlensError(`feed for ${key}: unknown kind ${kind}; use patch, patch_mask or add`);
-          this.addFeed(feeds, spec, `${key}.${KINDS[kind]}`, v, sizes);
-        }
-      } else this.addFeed(feeds, spec, key, value, sizes);
+      if (!spec.hooks.has(key)) {
+        this.addFeed(feeds, spec, key, value, sizes);
+        continue;
+      }
+      if (!isSiteFeeds(value)) throw new GraphlensError(`feed for hook ${key}: give {patch, patch_mask, add} (any of them), or key the tensor by input name (${key}.add)`);
+      for (const [kind, v] of Object.entries(value)) this.addFeed(feeds, spec, `${key}.${KINDS[kind]}`, v, sizes);
     }
     for (const name of session.inputNames) {
       if (name in feeds) continue;
@@ -174,9 +185,7 @@ export class Bundle {
   addFeed(feeds, spec, name, value, sizes) {
     const sub = spec.substitution.get(name);
     if (sub) {
-      if (!sub.required) {
-        throw new GraphlensError(`${name} is an overridable initializer here, and ONNX Runtime's JavaScript bindings silently drop feeds for those: make a deployment that exposes it (graphlens deploy BUNDLE --patch ${sub.hook.name} -o OUT) and load that`);
-      }
+      if (!sub.required) throw overridable(name, `graphlens deploy BUNDLE --patch ${sub.hook.name} -o OUT`);
       const dtype = sub.dtype ?? (sub.kind === 'patch_mask' ? 'bool' : this.dtype);
       const tensor = toTensor(this.ort, value, dtype, name);
       const dims = broadcastDims(tensor.dims, sub.hook.shape, sizes, name);
@@ -187,7 +196,7 @@ export class Bundle {
     const hook = name.slice(0, name.lastIndexOf('.'));
     if (!input && spec.hooks.has(hook)) throw new GraphlensError(`${hook} has no ${name.slice(hook.length + 1)} input in this bundle: make a deployment with it as a patch site (graphlens deploy BUNDLE --patch ${hook} -o OUT)`);
     if (!input) throw this.unknown(name, spec);
-    if (!input.required) throw new GraphlensError(`${name} is an overridable initializer here, and ONNX Runtime's JavaScript bindings silently drop feeds for those: use a graphlens deploy bundle`);
+    if (!input.required) throw overridable(name, 'graphlens deploy BUNDLE -o OUT');
     feeds[name] = toTensor(this.ort, value, input.dtype, name);
   }
 
