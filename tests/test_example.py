@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,14 @@ def test_graphlens_reproduces_the_training_runs_measurements(shipped_bundle):
     for feeds, key in [(None, "second_half_loss"), (ablate, "second_half_loss_best_head_ablated")]:
         per_token = model.loss_fn(model.run_graph(probe, ["logits"], feeds)["logits"], probe, per_token=True)
         assert abs(float(per_token[:, n + 1:].mean()) - metrics[key]) < 2e-3, key
+
+
+def test_harvest_example_trains_an_sae_from_the_store(shipped_bundle, tmp_path):
+    """README "Harvesting activations": harvest the shipped model over pydoc's topics, then a tiny SAE."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "harvest_sae.py"), "--bundle", str(shipped_bundle),
+         "--out", str(tmp_path), "--max-tokens", "49152"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "harvested 49152 tokens" in run.stdout and "checks passed" in run.stdout

@@ -102,7 +102,7 @@ def harvest(
 
 
 def _run_local(model, plan: Plan, skip: int, source, writer: ShardWriter, bar) -> None:
-    with _Prefetch(token_batches(model, plan, skip, source), depth=2) as feed:
+    with _Prefetch(bar.counted(token_batches(model, plan, skip, source)), depth=2) as feed:
         for tokens in feed:
             writer.add(run_batch(model, tokens, plan))
             bar.advance(tokens.size)
@@ -157,14 +157,22 @@ class _Prefetch:
 
 
 class _Bar:
-    """tqdm over tokens; without a known total, the total is estimated from how much DATA has been read."""
+    """tqdm over tokens. Without a known total, it is estimated from the tokens the reader has made so
+    far and the fraction of DATA it has read to make them (the reader runs ahead of the model)."""
 
     def __init__(self, bar: tqdm, source, limit: int | None):
         self.bar, self.source, self.limit = bar, source, limit
+        self.read_tokens, self.read_fraction = 0, 0.0
+
+    def counted(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for tokens in batches:
+            self.read_tokens += tokens.size
+            self.read_fraction = self.source.fraction()
+            yield tokens
 
     def advance(self, tokens: int) -> None:
-        if self.limit is None and (fraction := self.source.fraction()) > 0:
-            self.bar.total = max(int(self.bar.n / fraction), self.bar.n + tokens)
+        if self.limit is None and self.read_fraction > 0:
+            self.bar.total = max(int(self.read_tokens / self.read_fraction), self.bar.n + tokens)
         self.bar.update(tokens)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -61,20 +61,22 @@ class ActivationStore:
 
     def batches(
         self, hook: str, batch_size: int, shuffle: bool = False, flatten: bool = True, seed: int | None = None,
-        buffer_shards: int = 4, drop_last: bool = False,
+        buffer_shards: int = 4, drop_last: bool = False, shards: Sequence[int] | None = None,
     ) -> Iterator[np.ndarray]:
         """Batches of ``hook``'s activations, as numpy.
 
         ``flatten=True``: ``[batch_size, d]`` rows, one per token (the token axis first, see
         ``layout``); ``flatten=False``: ``[batch_size, *shape]``, one per sequence. ``shuffle``
         permutes rows across ``buffer_shards`` shards at a time, in a random shard order
-        (``seed``); otherwise rows come in harvest order. ``drop_last`` drops a short final batch.
+        (``seed``); otherwise rows come in harvest order. ``drop_last`` drops a short final batch;
+        ``shards`` reads only those shards (e.g. all but the last, held out).
         """
         layout = self.layout(hook)
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+        chosen = np.arange(len(self.shards)) if shards is None else np.asarray(list(shards), dtype=np.int64)
+        order = rng.permutation(chosen) if shuffle else chosen
         group = max(1, buffer_shards) if shuffle else 1
         carry = None
         for start in range(0, len(order), group):
