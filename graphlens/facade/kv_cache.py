@@ -54,6 +54,7 @@ class KeyValueCache:
                  device: str, dtype: str):
         self.values, self.device, self.dtype = values, device, dtype
         self.previous_attention_mask = previous_attention_mask
+        self._mask_frozen = False
         self.entries = [KeyValueCacheEntry(self, layer) for layer in range(len(values) // 2)]
 
     @classmethod
@@ -76,12 +77,12 @@ class KeyValueCache:
         """Later forwards read the cache but do not extend it."""
         for entry in self.entries:
             entry.frozen = True
-        self._frozen_mask = True
+        self._mask_frozen = True
 
     def unfreeze(self) -> None:
         for entry in self.entries:
             entry.frozen = False
-        self._frozen_mask = False
+        self._mask_frozen = False
 
     @property
     def batch_size(self) -> int:
@@ -101,7 +102,7 @@ class KeyValueCache:
         if mask.ndim != 2 or mask.shape[0] != self.batch_size:
             raise InputError(f"attention_mask must be [batch={self.batch_size}, new_tokens]; got shape {mask.shape}")
         updated = np.concatenate([self.previous_attention_mask, mask], axis=1)
-        if not getattr(self, "_frozen_mask", False):
+        if not self._mask_frozen:
             self.previous_attention_mask = updated
         return updated
 

@@ -51,15 +51,21 @@ class SwitchesMixin:
         if getattr(self.cfg, flag) == on:
             return
         setattr(self.cfg, flag, on)
-        for graph in (self.graph, self.__dict__.get("_decoder_graph")):
-            if graph is not None:
-                self._apply_switches(graph)
+        graphs = [g for g in (self.graph, self.__dict__.get("_decoder_graph")) if g is not None]
+        try:
+            protos = [self._switched_proto(graph) for graph in graphs]
+        except Exception:
+            setattr(self.cfg, flag, not on)  # nothing changed
+            raise
+        for graph, proto in zip(graphs, protos):
+            graph.replace_proto(proto)
         self._sync_hook_points()
 
-    def _apply_switches(self, graph) -> None:
+    def _switched_proto(self, graph):
+        """The graph's exported proto with the sites of the flags that are on."""
         suffixes = [kind for flag, kind in SWITCHES.items() if getattr(self.cfg, flag)]
         original = graph.__dict__.setdefault("_exported_proto", graph.proto)
-        graph.replace_proto(with_extra_sites(original, suffixes, self.cfg.to_dict()) if suffixes else original)
+        return with_extra_sites(original, suffixes, self.cfg.to_dict()) if suffixes else original
 
     def _sync_hook_points(self) -> None:
         """Hook names and points: the exported ones plus the switched-on sites (the same HookPoint objects kept)."""
@@ -74,5 +80,5 @@ class SwitchesMixin:
         fresh = self.__dict__.get("_decoder_graph") is None
         decoder = super()._kv_decoder(batch)
         if fresh and any(getattr(self.cfg, flag) for flag in SWITCHES):
-            self._apply_switches(self._decoder_graph)
+            self._decoder_graph.replace_proto(self._switched_proto(self._decoder_graph))
         return decoder

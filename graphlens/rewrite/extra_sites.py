@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphlens.errors import ExportError
+from graphlens.errors import UnsupportedArchitectureError
 from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, with_input_defaults
 
 _PASS_THROUGH = ("Identity", "Reshape")
@@ -45,12 +45,12 @@ def _output_projection(graph: gs.Graph, z: gs.Variable, name: str):
     merged = _follow(z)
     linear = _only_consumer(merged)
     if linear is None or linear.op not in ("Gemm", "MatMul") or linear.inputs[0] is not merged:
-        raise ExportError(f"{name}: no output projection (MatMul/Gemm) found after hook_z; this graph cannot "
+        raise UnsupportedArchitectureError(f"{name}: no output projection (MatMul/Gemm) found after hook_z; this graph cannot "
                           "expose attn.hook_result")
     weight, bias = linear.inputs[1], None
     if linear.op == "Gemm":
         if linear.attrs.get("transA", 0) or linear.attrs.get("alpha", 1.0) != 1.0 or linear.attrs.get("beta", 1.0) != 1.0:
-            raise ExportError(f"{name}: unexpected Gemm attributes {linear.attrs} on the output projection")
+            raise UnsupportedArchitectureError(f"{name}: unexpected Gemm attributes {linear.attrs} on the output projection")
         if linear.attrs.get("transB", 0):
             weight = _node(graph, "Transpose", [weight], f"{name}.w_in_out", perm=[1, 0])
         bias = linear.inputs[2] if len(linear.inputs) > 2 else None
@@ -139,7 +139,11 @@ def add_hook_mlp_in(graph: gs.Graph, layer: int, cfg: dict) -> None:
     norm_sites = {f"blocks.{layer}.ln2.hook_scale", f"blocks.{layer}.ln2.hook_normalized"}
     norm_reads = [n for n in source.outputs if _reaches(n, norm_sites)]
     if not norm_reads:
-        raise ExportError(f"{site}: no MLP norm reading {source.name} found")
+        raise UnsupportedArchitectureError(f"{site}: no MLP norm reading {source.name} found")
+    for node in norm_reads:  # e.g. OPT flattens the tokens once for both the norm and the residual add
+        if node.op in _PASS_THROUGH and any(not _reaches(c, norm_sites) for c in node.outputs[0].outputs):
+            raise UnsupportedArchitectureError(f"{site}: in this architecture the MLP norm's input is also the "
+                                               "residual stream's, so it cannot be a site of its own")
     copy = _node(graph, "Identity", [source], f"{site}.input", source.dtype)
     marked = _marker(graph, copy, site)
     for node in norm_reads:

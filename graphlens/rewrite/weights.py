@@ -25,7 +25,7 @@ class Processing:
     center_writing_weights: bool = True
     center_unembed: bool = True
     fold_value_biases: bool = True
-    # applied at load only (from_pretrained); written to the manifest only when applied
+    # from_pretrained(refactor_factored_attn_matrices=True); in a manifest only when applied (format unchanged)
     refactor_factored_attn_matrices: bool = False
 
     def as_dict(self) -> dict:

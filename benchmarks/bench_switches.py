@@ -1,0 +1,67 @@
+"""What ``set_use_attn_result`` / ``set_use_hook_mlp_in`` cost, on a gpt2-small-shaped model, CPU.
+
+    python -m benchmarks.bench_switches [--repeats 9]
+
+Three models from one bundle (flags off, use_attn_result, use_hook_mlp_in), timed in interleaved
+rounds so machine noise hits every row alike; ratios against the exported graph's forward. A forward
+with a flag on and its sites not asked for is what an export that always had the sites would pay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks.common import bundle, hf_folder, log
+from graphlens import HookedTransformer
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--pos", type=int, default=64)
+    args = parser.parse_args()
+    tokens = np.random.default_rng(0).integers(0, 50257, size=(args.batch, args.pos))
+    path = bundle(hf_folder())
+    plain, result, mlp_in = (HookedTransformer.from_pretrained(path, device="cpu") for _ in range(3))
+    rewrites = {"set_use_attn_result(True)": _seconds(lambda: result.set_use_attn_result(True)),
+                "set_use_hook_mlp_in(True)": _seconds(lambda: mlp_in.set_use_hook_mlp_in(True))}
+    ends = lambda suffix: (lambda n: n.endswith(suffix))  # noqa: E731
+    rows = {
+        "forward, exported graph": lambda: plain(tokens),
+        "forward, use_attn_result": lambda: result(tokens),
+        "forward, use_hook_mlp_in": lambda: mlp_in(tokens),
+        "run_with_cache(hook_z), exported graph": lambda: plain.run_with_cache(tokens, names_filter=ends("hook_z")),
+        "run_with_cache(hook_result)": lambda: result.run_with_cache(tokens, names_filter=ends("hook_result")),
+        "run_with_cache(hook_resid_mid), exported": lambda: plain.run_with_cache(tokens, names_filter=ends("resid_mid")),
+        "run_with_cache(hook_mlp_in)": lambda: mlp_in.run_with_cache(tokens, names_filter=ends("hook_mlp_in")),
+    }
+    times: dict[str, list[float]] = {label: [] for label in rows}
+    for round_ in range(args.repeats + 2):  # two warm-up rounds
+        log(f"round {round_ + 1}/{args.repeats + 2}")
+        for label, fn in rows.items():
+            seconds = _seconds(fn)
+            if round_ >= 2:
+                times[label].append(seconds)
+    base = statistics.median(times["forward, exported graph"])
+    print(f"\ngpt2-small shape, fp32, CPU, batch {args.batch} x {args.pos}, median of {args.repeats} interleaved rounds")
+    print(f"{'':44s} {'ms':>10s}  ratio vs forward, exported graph")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"{label:44s} {1000 * median:10.1f}  {median / base:6.2f}x")
+    for label, seconds in rewrites.items():
+        print(f"{label + ' (graph rewrite, once)':44s} {1000 * seconds:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
