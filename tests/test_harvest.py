@@ -322,3 +322,19 @@ def test_ray_auto_gives_the_same_files_as_a_local_run(small_bundle, text_file, r
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert files_of(out) == files_of(reference_run)  # same shards, same order, same bytes; same index
+
+
+def test_memory_budget_bounds_shards_and_batches(small_bundle, text_file, tmp_path):
+    """A quarter of the budget per shard (the files on disk say so), a whole number of batches per shard."""
+    budget_mb = 0.5
+    out = harvest(small_bundle, text_file, ["resid_post"], CTX, tmp_path / "b", memory_budget_mb=budget_mb,
+                  progress=False)
+    index = json.loads((out / "index.json").read_text())
+    batch, per_shard = index["options"]["batch_size"], index["sequences_per_shard"]
+    assert 1 <= batch < per_shard and per_shard % batch == 0
+    data_bytes = [s["sequences"] * (8 * CTX + 2 * CTX * 64 * 4) for s in index["shards"]]  # tokens + 2 × [ctx, 64] fp32
+    assert max(data_bytes) <= budget_mb * 2**20 / 4
+    assert all(abs(s["bytes"] - b) < 64 * 1024 for s, b in zip(index["shards"], data_bytes))  # header: stats only
+    bigger = harvest(small_bundle, text_file, ["resid_post"], CTX, tmp_path / "c", memory_budget_mb=4 * budget_mb,
+                     progress=False)
+    assert json.loads((bigger / "index.json").read_text())["options"]["batch_size"] > batch
