@@ -6,16 +6,16 @@ Rows (all on the same pre-tokenized sequences, batch ``--batch-size``, fp32, CPU
 - graphlens forward (logits): the plain forward's tokens/s;
 - graphlens run_with_cache of the two hooks, nothing written (the compute the harvest has to do);
 - graphlens harvest to sharded safetensors (reading, model and writing overlapped);
-  (these three: the median of ``--rounds`` interleaved rounds)
 - SAELens' activation caching (``CacheActivationsRunner``, on TransformerLens 3.9 with the same weights),
   which caches one hook per run: it gets only the later hook, so its row is the cost of one of the two;
+  (these four: the median of ``--rounds`` interleaved rounds)
 - ``--ray auto`` with 1 and 2 actors (a Ray instance started once, outside the timing; the actors'
   model loading is inside it).
 
 Targets: harvest ≥ 0.9× the plain forward's tokens/s; ≥ 2× SAELens'.
 
-SAELens is a benchmark-only dependency, not an extra: it pins its own versions, so install it beside the
-shared environment, e.g. ``python3 -m venv /work/venv-saelens``, a ``.pth`` file pointing at the main
+SAELens is a benchmark-only dependency, not an extra (it brings some twenty packages graphlens does not
+need): install it beside the main environment, e.g. ``python3 -m venv /work/venv-saelens``, a ``.pth`` file pointing at the main
 environment's site-packages, then ``/work/venv-saelens/bin/pip install sae-lens==6.54.12``, and run this
 with that interpreter. Without it the SAELens row is skipped.
 """
@@ -44,7 +44,8 @@ def tokens_per_s(fn, n_tokens: int) -> float:
     return n_tokens / (time.perf_counter() - start)
 
 
-def sae_lens_rate(source: Path, tokens: np.ndarray, batch: int, work: Path) -> float | None:
+def sae_lens_caching(source: Path, tokens: np.ndarray, batch: int, work: Path):
+    """A function that runs SAELens' activation caching once (into a fresh folder), or None without SAELens."""
     try:
         import datasets
         import sae_lens.cache_activations_runner as runner
@@ -55,15 +56,19 @@ def sae_lens_rate(source: Path, tokens: np.ndarray, batch: int, work: Path) -> f
     tl = tl_model(source)
     runner.load_model = lambda *args, **kwargs: tl  # the hub is unreachable: hand it the local model
     n_seq, ctx = tokens.shape
-    dataset = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})
-    cfg = CacheActivationsRunnerConfig(
-        dataset_path="local", model_name="gpt2-small-random", model_batch_size=batch, hook_name=HOOKS[-1],
-        d_in=tl.cfg.d_model, training_tokens=n_seq * ctx, context_size=ctx, new_cached_activations_path=str(work / "sae"),
-        shuffle=False, dtype="float32", device="cpu", prepend_bos=False, streaming=False,
-        buffer_size_gb=max(batch, n_seq // 4) * ctx * tl.cfg.d_model * 4 / 1e9,  # about four shards
-    )
-    run = runner.CacheActivationsRunner(cfg, override_dataset=dataset)
-    return tokens_per_s(run.run, n_seq * ctx)
+    dataset = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})  # pre-tokenized, as graphlens' .npy
+    runs = iter(range(1000))
+
+    def run() -> None:
+        cfg = CacheActivationsRunnerConfig(
+            dataset_path="local", model_name="gpt2-small-random", model_batch_size=batch, hook_name=HOOKS[-1],
+            d_in=tl.cfg.d_model, training_tokens=n_seq * ctx, context_size=ctx, shuffle=False, dtype="float32",
+            new_cached_activations_path=str(work / f"sae{next(runs)}"), device="cpu", prepend_bos=False,
+            streaming=False, buffer_size_gb=max(batch, n_seq // 4) * ctx * tl.cfg.d_model * 4 / 1e9,  # ~4 shards
+        )
+        runner.CacheActivationsRunner(cfg, override_dataset=dataset).run()
+
+    return run
 
 
 def main() -> None:
@@ -91,22 +96,22 @@ def main() -> None:
             harvest(model, work / "tokens.npy", HOOKS, args.context_size, work / f"local{round_}",
                     batch_size=args.batch_size, progress=False)
 
+        sae_lens = sae_lens_caching(source, tokens, args.batch_size, work)
         measured: dict[str, list[float]] = {}
         for round_ in range(args.rounds):  # interleaved, so a busy moment of the machine hits every row
-            log(f"round {round_ + 1}/{args.rounds}: forward, run_with_cache, harvest")
+            log(f"round {round_ + 1}/{args.rounds}")
             for label, fn in (
                 ("graphlens forward (logits)", lambda: [model(b) for b in batches]),
                 ("graphlens run_with_cache, 2 hooks, no writing",
                  lambda: [model.run_with_cache(b, names_filter=HOOKS, return_type=None) for b in batches]),
                 ("graphlens harvest, 2 hooks -> safetensors", lambda: local(round_)),
+                ("SAELens CacheActivationsRunner, 1 hook", sae_lens),
             ):
-                measured.setdefault(label, []).append(tokens_per_s(fn, n_tokens))
+                if fn is not None:
+                    measured.setdefault(label, []).append(tokens_per_s(fn, n_tokens))
         rows += [(label, statistics.median(values)) for label, values in measured.items()]
         assert ActivationStore(work / "local0").n_tokens == n_tokens
-        del model
-        log("SAELens")
-        if (rate := sae_lens_rate(source, tokens, args.batch_size, work)) is not None:
-            rows.append(("SAELens CacheActivationsRunner, 1 hook", rate))
+        del model, sae_lens
         if not args.no_ray:
             import ray
 

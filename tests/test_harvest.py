@@ -179,6 +179,18 @@ def test_every_data_format_gives_the_same_shards(small_bundle, text_file, refere
         assert got == shards, data.name
 
 
+def test_float16_shards_hold_the_float32_values_rounded(small_bundle, text_file, reference_run, tmp_path):
+    out = harvest(small_bundle, text_file, ["resid_post", "blocks.0.attn.hook_pattern"], CTX, tmp_path / "h",
+                  batch_size=3, shard_size=6, dtype="float16", progress=False)
+    half, full = ActivationStore(out), ActivationStore(reference_run)
+    assert half.hooks["blocks.1.hook_resid_post"]["dtype"] == "float16"
+    for number in range(len(full.shards)):
+        ours, ref = half.shard(number), full.shard(number)
+        for name in full.hooks:
+            assert ours[name].dtype == np.float16
+            np.testing.assert_array_equal(ours[name], ref[name].astype(np.float16), err_msg=name)
+
+
 def test_one_dimensional_token_ids_are_one_document(small_bundle, model, tmp_path):
     ids = np.random.default_rng(0).integers(1, model.cfg.d_vocab, size=5 * (CTX - 1) + 3)
     np.save(tmp_path / "ids.npy", ids)
@@ -274,6 +286,8 @@ def test_bad_data_and_hooks_give_clear_errors(small_bundle, text_file, tmp_path)
     (tmp_path / "tiny.txt").write_text("hi\n")
     fails(tmp_path / "tiny.txt", HarvestError, "no complete sequence")
     fails(text_file, InputError, "no hook name matches 'resid_postt'", hooks=("resid_postt",))
+    with pytest.raises(InputError, match="--workers sets the number of Ray actors"):
+        harvest(small_bundle, text_file, ["resid_post"], CTX, tmp_path / "w", workers=2, progress=False)
     with pytest.raises(InputError, match="--context-size must be in 1..32"):
         harvest(small_bundle, text_file, ["resid_post"], 64, tmp_path / "ctx", progress=False)
     taken = tmp_path / "taken"
@@ -308,3 +322,19 @@ def test_ray_auto_gives_the_same_files_as_a_local_run(small_bundle, text_file, r
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert files_of(out) == files_of(reference_run)  # same shards, same order, same bytes; same index
+
+
+def test_memory_budget_bounds_shards_and_batches(small_bundle, text_file, tmp_path):
+    """A quarter of the budget per shard (the files on disk say so), a whole number of batches per shard."""
+    budget_mb = 0.5
+    out = harvest(small_bundle, text_file, ["resid_post"], CTX, tmp_path / "b", memory_budget_mb=budget_mb,
+                  progress=False)
+    index = json.loads((out / "index.json").read_text())
+    batch, per_shard = index["options"]["batch_size"], index["sequences_per_shard"]
+    assert 1 <= batch < per_shard and per_shard % batch == 0
+    data_bytes = [s["sequences"] * (8 * CTX + 2 * CTX * 64 * 4) for s in index["shards"]]  # tokens + 2 × [ctx, 64] fp32
+    assert max(data_bytes) <= budget_mb * 2**20 / 4
+    assert all(abs(s["bytes"] - b) < 64 * 1024 for s, b in zip(index["shards"], data_bytes))  # header: stats only
+    bigger = harvest(small_bundle, text_file, ["resid_post"], CTX, tmp_path / "c", memory_budget_mb=4 * budget_mb,
+                     progress=False)
+    assert json.loads((bigger / "index.json").read_text())["options"]["batch_size"] > batch

@@ -75,9 +75,9 @@ def make_plan(
         raise InputError(f"separator must be 'bos', 'eos' or None, got {separator!r}")
     if max_tokens is not None and max_tokens < context_size:
         raise InputError(f"--max-tokens {max_tokens} is less than one sequence of --context-size {context_size}")
-    hooks = [n for n in model.hook_names if n in {m for p in patterns for m in match_hooks(model.hook_names, p)}]
     if not patterns:
         raise InputError("give at least one hook pattern (--hooks), e.g. 'blocks.*.hook_resid_post'")
+    hooks = [n for n in model.hook_names if n in {m for p in patterns for m in match_hooks(model.hook_names, p)}]
     layouts = [hook_layout(name, model.cfg.to_dict(), context_size) for name in hooks]
     per_sequence = bytes_per_sequence(layouts, dtype, context_size)
     budget = memory_budget_mb * 2**20

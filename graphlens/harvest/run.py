@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import graphlens
-from graphlens.errors import HarvestError
+from graphlens.errors import HarvestError, InputError
 from graphlens.harvest.data import open_source
 from graphlens.harvest.layout import RunningStats
 from graphlens.harvest.plan import DEFAULT_MEMORY_BUDGET_MB, Plan, make_plan
@@ -62,6 +62,8 @@ def harvest(
 
     model = bundle if isinstance(bundle, HookedTransformer) else HookedTransformer.from_pretrained(bundle, device=device)
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+    if workers is not None and ray is None:
+        raise InputError("--workers sets the number of Ray actors: add --ray auto (or a cluster address)")
     out = Path(out)
     if resume and batch_size is None and (previous := read_index(out)) is not None:
         batch_size, shard_size = previous["options"]["batch_size"], previous["options"]["sequences_per_shard"]
@@ -208,10 +210,10 @@ def _start_index(model, plan: Plan, out: Path, resume: bool) -> dict:
     }
     previous = read_index(out)
     if previous is None:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise HarvestError(f"{out} exists and is not empty; choose a new -o, or add --resume to continue a harvest there")
         if out.exists() and not out.is_dir():
             raise HarvestError(f"{out} is a file; -o must be a folder")
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise HarvestError(f"{out} exists and is not empty; choose a new -o, or add --resume to continue a harvest there")
         out.mkdir(parents=True, exist_ok=True)
         return fresh
     if not resume:
