@@ -7,9 +7,8 @@ from functools import cached_property
 import numpy as np
 from jaxtyping import Float, Int
 
-from graphlens.analysis.factored_matrix import FactoredMatrix
 from graphlens.runtime.hook_points import HookPoint
-from graphlens.runtime.weights import FinalNorm
+from graphlens.runtime.weights import FinalNorm, ov_circuit, qk_circuit
 
 
 def read_only(array: np.ndarray) -> np.ndarray:
@@ -100,15 +99,8 @@ class Attention(Component):
     b_V = Weight("b_V")
     b_O = Weight("b_O")
 
-    @property
-    def QK(self) -> FactoredMatrix:
-        """``W_Q @ W_K.T`` per head, ``[n_heads, d_model, d_model]``, factored."""
-        return FactoredMatrix(self.W_Q, np.swapaxes(self.W_K, -2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """``W_V @ W_O`` per head, ``[n_heads, d_model, d_model]``, factored."""
-        return FactoredMatrix(self.W_V, self.W_O)
+    QK = property(lambda self: qk_circuit(self), doc="``W_Q @ W_K.T`` per head, ``[n_heads, d_model, d_model]``, factored.")
+    OV = property(lambda self: ov_circuit(self), doc="``W_V @ W_O`` per head, ``[n_heads, d_model, d_model]``, factored.")
 
 
 class MLP(Component):

@@ -304,7 +304,11 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             raise NotImplementedError("shortformer_pos_embed: graphlens has no shortformer models")
         if past_kv_cache is not None:
             step = self._kv_step(input, past_kv_cache, [], prepend_bos, padding_side, attention_mask,
-                                 start_at_layer, stop_at_layer)
+                                 start_at_layer, stop_at_layer, tokens)
+            if stop_at_layer is not None:
+                return step.residual
+            if return_type in ("loss", "both") and step.tokens is None:
+                raise ValueError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
             return self._format_output(step.logits, step.tokens, return_type, loss_per_token)
         run = bounded_run(self, input, [LOGITS] if return_type is not None else [], start_at_layer, stop_at_layer,
                           tokens, prepend_bos, padding_side)
@@ -362,11 +366,10 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
                  if site_runs(n, self.cfg.n_layers, start_at_layer, stop_at_layer)]
         outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])
         if past_kv_cache is not None:
-            step = self._kv_step(input, past_kv_cache, self._decoder_hook_names(names), prepend_bos, padding_side,
-                                 attention_mask, start_at_layer, stop_at_layer)
+            step = run = self._kv_step(input, past_kv_cache, self._decoder_hook_names(names), prepend_bos, padding_side,
+                                       attention_mask, start_at_layer, stop_at_layer, tokens)
             names = list(step.hooks)
             results, tokens = {LOGITS: step.logits, **step.hooks}, step.tokens
-            run = None
         else:
             run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
             results, tokens = run.results, run.tokens

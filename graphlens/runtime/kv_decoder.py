@@ -123,3 +123,26 @@ class KVDecoder:
         results = run_partitioned(self.graph, hooked, [LOGITS, *self.present_names, *hooks], inputs, call_hooks, None, fed)
         self.past = [self._value(results[name]) for name in self.present_names]
         return results[LOGITS], {name: results[name] for name in hooks}
+
+    def bounded_step(
+        self,
+        input_ids: Int[np.ndarray, "batch new"],
+        attention_mask: Int[np.ndarray, "batch past_plus_new"],
+        position_ids: Int[np.ndarray, "batch new"],
+        layers: range,
+        outputs: Sequence[str],
+        given: Mapping[str, np.ndarray],
+        hooked: Sequence[str] = (),
+        call_hooks: HookCaller | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run only the blocks ``layers`` (start_at_layer / stop_at_layer): ``given`` tensors are fed instead of
+        computed, and only those blocks' new keys/values are taken (the others keep their past, as in TransformerLens)."""
+        presents = [f"present.{layer}.{kind}" for layer in layers for kind in ("key", "value")]
+        inputs = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+                  "position_ids": np.asarray(position_ids, dtype=np.int64),
+                  **{name: value.numpy() for name, value in zip(self.past_names, self.past)}}
+        results = run_partitioned(self.graph, hooked, [*outputs, *presents], inputs, call_hooks, given, None)
+        for layer in layers:
+            self.past[2 * layer] = self._value(results[f"present.{layer}.key"])
+            self.past[2 * layer + 1] = self._value(results[f"present.{layer}.value"])
+        return results

@@ -24,11 +24,12 @@ class BoundedRun:
     residual: np.ndarray | None  # the residual stream where the run stopped (with stop_at_layer)
 
 
-def residual_before(model, layer: int) -> str:
-    """The graph tensor holding the residual stream that enters block ``layer`` (``n_layers``: the last block's output)."""
+def residual_before(model, layer: int, graph=None) -> str:
+    """The tensor of ``graph`` (default: the model's) holding the residual stream that enters block ``layer``
+    (``n_layers``: the last block's output)."""
     n_layers = model.cfg.n_layers
     if layer < n_layers:
-        return pre_hook_tensor(model.graph.proto.graph, f"blocks.{layer}.hook_resid_pre")
+        return pre_hook_tensor((graph or model.graph).proto.graph, f"blocks.{layer}.hook_resid_pre")
     return f"blocks.{n_layers - 1}.hook_resid_post"
 
 

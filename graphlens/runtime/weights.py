@@ -30,6 +30,16 @@ def initializer_arrays(graph) -> dict[str, np.ndarray]:
     return params
 
 
+def qk_circuit(weights) -> FactoredMatrix:
+    """``W_Q @ W_K.T`` of anything with ``W_Q``/``W_K`` (a model: per layer and head; a block's attention: per head)."""
+    return FactoredMatrix(weights.W_Q, np.swapaxes(weights.W_K, -2, -1))
+
+
+def ov_circuit(weights) -> FactoredMatrix:
+    """``W_V @ W_O`` of anything with ``W_V``/``W_O``, factored."""
+    return FactoredMatrix(weights.W_V, weights.W_O)
+
+
 class FinalNorm:
     """``model.ln_final`` as a numpy function (LN, LNPre, RMS, RMSPre), with TransformerLens' arithmetic."""
 
@@ -155,21 +165,8 @@ class WeightsMixin:
     def b_out(self) -> Float[np.ndarray, "n_layers d_model"]:
         return self._stacked("mlp.b_out")
 
-    @property
-    def QK(self) -> FactoredMatrix:
-        """``W_Q @ W_K.T`` per layer and head, ``[n_layers, n_heads, d_model, d_model]``, factored."""
-        return FactoredMatrix(self.W_Q, np.swapaxes(self.W_K, -2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """``W_V @ W_O`` per layer and head, ``[n_layers, n_heads, d_model, d_model]``, factored."""
-        return FactoredMatrix(self.W_V, self.W_O)
-
-    @cached_property
-    def ln_final(self) -> FinalNorm:
-        """The final norm as a numpy function (weights present only when fold_ln was off)."""
-        w = self._tl_weights.get("ln_final.w")
-        return FinalNorm(self.cfg.normalization_type, self.cfg.eps, w, self._tl_weights.get("ln_final.b"))
+    QK = property(lambda self: qk_circuit(self), doc="``W_Q @ W_K.T`` per layer and head, factored.")
+    OV = property(lambda self: ov_circuit(self), doc="``W_V @ W_O`` per layer and head, factored.")
 
     def check_layer(self, layer: int, allow_final: bool = True, what: str = "layer") -> int:
         """``layer`` as an int in [0, n_layers] (or n_layers-1 without ``allow_final``); clear error otherwise."""
@@ -226,4 +223,4 @@ class WeightsMixin:
         return [f"L{l}H{h}" for l in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
 
-__all__ = ["FinalNorm", "WeightsMixin", "initializer_arrays"]
+__all__ = ["FinalNorm", "WeightsMixin", "initializer_arrays", "ov_circuit", "qk_circuit"]

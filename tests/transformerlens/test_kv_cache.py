@@ -212,4 +212,40 @@ def test_bad_uses_are_clear_errors(models):
     with pytest.raises(InputError, match="positive"):
         KeyValueCache.init_cache(ours.cfg, ours.cfg.device, 0)
     with pytest.raises(InputError, match="start_at_layer"):
-        ours(np.zeros((2, 3, ours.cfg.d_model), np.float32), start_at_layer=1, past_kv_cache=cache)
+        ours(np.zeros((2, 3, ours.cfg.d_model), np.float32), start_at_layer=1, attention_mask=np.ones((2, 5)),
+             past_kv_cache=cache)
+
+
+def test_kv_cache_and_start_at_layer(models):
+    ours, ref = models
+    pre = ours.to_tokens("When Mary and John went")
+    new = ours.to_tokens(" to", prepend_bos=False)
+    full = ours(np.concatenate([pre, new], axis=1))
+    cache = KeyValueCache.init_cache(ours.cfg, ours.cfg.device, 1)
+    ours(pre, past_kv_cache=cache)
+    cache.freeze()
+    stopped, partial = ours.run_with_cache(new, stop_at_layer=2, past_kv_cache=cache)
+    resid_1 = partial["blocks.1.hook_resid_pre"]
+    np.testing.assert_allclose(stopped, ours(new, stop_at_layer=2, past_kv_cache=cache), atol=1e-6)
+    mask = np.concatenate([cache.previous_attention_mask, np.ones_like(new)], axis=1)  # as TL's input_to_embed gives
+    logits = ours(resid_1, start_at_layer=1, tokens=new, attention_mask=mask, past_kv_cache=cache)
+    np.testing.assert_allclose(logits[:, -1], full[:, -1], atol=ATOL)
+    np.testing.assert_allclose(logits, full[:, -new.shape[1]:], atol=ATOL)
+    with torch.no_grad():
+        tl_cache = _tl_cache(ref, 1)
+        ref(torch.tensor(pre), past_kv_cache=tl_cache)
+        tl_cache.freeze()
+        _, toks, _, tl_mask = ref.input_to_embed(torch.tensor(new), past_kv_cache=tl_cache)
+        _, tl_partial = ref.run_with_cache(torch.tensor(new), stop_at_layer=2, past_kv_cache=tl_cache)
+        tl_logits = ref(tl_partial["blocks.1.hook_resid_pre"], start_at_layer=1, tokens=toks, attention_mask=tl_mask,
+                        past_kv_cache=tl_cache)
+    np.testing.assert_array_equal(mask, tl_mask.numpy())
+    for name in tl_partial.keys():
+        assert_close(partial[name], tl_partial[name], name)
+    assert_close(logits, tl_logits, "logits from start_at_layer with a cache")
+    # unfrozen, only the blocks that run take the new keys (as TransformerLens)
+    cache.unfreeze()
+    ours(new, stop_at_layer=1, past_kv_cache=cache)
+    assert [entry.past_keys.shape[1] for entry in cache.entries] == [pre.shape[1] + new.shape[1], pre.shape[1]]
+    with pytest.raises(InputError, match="different lengths"):
+        ours(new, past_kv_cache=cache)
