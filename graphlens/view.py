@@ -104,7 +104,9 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
         deployed = deploy(bundle, tmp / "bundle", hooks=hooks, patch=["blocks.*.attn.hook_z"], decoder=False)
         check_browser_size(bundle_bytes(deployed, read_manifest(deployed)), "the deployment")
         write_lens(HookedTransformer.from_pretrained(str(bundle)), tmp)
-        (tmp / "view.json").write_text(json.dumps({"name": bundle.name, "prompt": prompt}))
+        source = Path((manifest.get("source") or {}).get("model") or bundle.name).name
+        name = f"{source} ({manifest['architecture']}, {manifest['dtype']})"
+        (tmp / "view.json").write_text(json.dumps({"name": name, "prompt": prompt}))
     return out
 
 
