@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from graphlens import HookedTransformer
-from graphlens.analysis.lens import logit_lens
+from graphlens.analysis.lens import head_logit_attribution, logit_lens
 from graphlens.cli import main
 from graphlens.errors import InputError
 from graphlens.export.pipeline import export_bundle
@@ -135,6 +136,8 @@ def test_page_logit_lens_and_attribution_equal_python(page, python):
     assert target == int(logits[0, -1].argmax())
     # TransformerLens' idiom: the heads' outputs at the last position, scaled by the final norm, on W_U[:, target]
     attrs = cache.logit_attrs(cache.stack_head_results(pos_slice=-1), target, pos_slice=-1)[:, 0]
+    # graphlens.analysis' helper (graphlens plot --kind head-attribution) computes the same numbers
+    np.testing.assert_allclose(head_logit_attribution(cache, target)[..., 0].ravel(), attrs, rtol=1e-6)
     shown = {c["head"]: float(c["value"]) for c in page["dla"]}
     expected = {f"{l}:{h}": attrs[l * model.cfg.n_heads + h] for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
     assert shown.keys() == expected.keys()
@@ -155,6 +158,17 @@ def test_view_writes_a_static_page(shipped_bundle, tmp_path):
     entry = lens["arrays"]["W_U"]
     stored = np.fromfile(out / "lens.bin", dtype="<f4", count=int(np.prod(entry["dims"])), offset=entry["offset"])
     np.testing.assert_array_equal(stored.reshape(entry["dims"]), model.W_U)
+    server = serve(out, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/ort/ort-wasm-simd-threaded.wasm") as wasm, urllib.request.urlopen(f"{base}/view.js") as js:
+            # browsers compile WebAssembly and run modules only with these types
+            assert wasm.headers["Content-Type"] == "application/wasm" and js.headers["Content-Type"].startswith("text/javascript")
+            assert wasm.read() == (out / "ort" / "ort-wasm-simd-threaded.wasm").read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
     again = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(out)])
     assert again.exit_code != 0 and "--force" in again.output
 
