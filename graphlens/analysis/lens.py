@@ -24,7 +24,8 @@ def head_logit_attribution(
 ) -> Float[np.ndarray, "n_layers n_heads *batch"]:
     """Direct logit attribution of every head to ``tokens`` (at ``pos_slice``), as ``[n_layers, n_heads, ...]``."""
     model = cache.model
-    stack = cache.stack_head_results(pos_slice=pos_slice, apply_ln=True)
+    # unscaled: logit_attrs applies the final norm's scale itself (as TransformerLens' does)
+    stack = cache.stack_head_results(pos_slice=pos_slice)
     attrs = cache.logit_attrs(stack, tokens, incorrect_tokens, pos_slice=pos_slice)
     return attrs.reshape(model.cfg.n_layers, model.cfg.n_heads, *attrs.shape[1:])
 

@@ -12,6 +12,7 @@ from graphlens.cli.inspect import inspect
 from graphlens.cli.intervene import intervene
 from graphlens.cli.plot import plot
 from graphlens.cli.run import run
+from graphlens.cli.view import view
 
 
 @click.group()
@@ -28,6 +29,7 @@ main.add_command(plot)
 main.add_command(intervene)
 main.add_command(harvest)
 main.add_command(deploy)
+main.add_command(view)
 
 if __name__ == "__main__":
     main()

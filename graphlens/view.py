@@ -1,0 +1,127 @@
+"""``graphlens view``: a static page that runs a bundle in the browser with onnxruntime-web (WebAssembly).
+
+The page (``js/view/``) loads a deployment of the bundle (``graphlens.deploy``: the attention patterns,
+the residual stream before each block and after the last, every ``hook_z`` with required ``.patch``
+inputs, the final norm's scale), the JavaScript package (``js/src``) for tokenizing and feeding it, and
+onnxruntime-web's WebAssembly files from ``js/node_modules``: nothing comes from a CDN, and no Python
+runs while it is open. The logit lens and direct logit attribution need ``W_U``, ``b_U``, ``W_O`` and the
+final norm, which the page reads from ``lens.bin`` (float32, laid out as ``lens.json`` says).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from graphlens.bundle import read_manifest, writing_bundle
+from graphlens.errors import BundleError, InputError
+
+JS = Path(__file__).resolve().parents[1] / "js"
+ORT_WEB = JS / "node_modules" / "onnxruntime-web" / "dist"
+# the WebAssembly build only (no WebGPU): its entry module and the threaded SIMD runtime it imports
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# onnxruntime-web runs in 32-bit WebAssembly, whose memory is at most 4 GiB, and its model is one protobuf
+# (2 GiB at most). The weights sit in that memory twice while a session is created (the fetched bytes and
+# ORT's copy), so a deployment over 1.5 GiB cannot open in a browser tab.
+BROWSER_LIMIT_BYTES = 3 * 2**29
+
+
+def view_hooks(cfg: dict, names: list[str]) -> list[str]:
+    """The hooks the page reads: patterns, residual stream per layer (and after the last), hook_z, final scale."""
+    n = cfg["n_layers"]
+    wanted = [f"blocks.{l}.{h}" for l in range(n) for h in ("attn.hook_pattern", "hook_resid_pre", "attn.hook_z")]
+    wanted += [f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_scale"]
+    missing = [h for h in wanted if h not in names and h != "ln_final.hook_scale"]
+    if missing:
+        raise BundleError(f"the bundle has no {missing[0]} output, which graphlens view needs: export it again with every hook")
+    return [h for h in wanted if h in names]
+
+
+def bundle_bytes(bundle: Path, manifest: dict) -> int:
+    """Bytes of the bundle's model.onnx and its external data (what a browser session would hold)."""
+    files = [manifest["model_file"], manifest.get("external_data_file")]
+    return sum((bundle / f).stat().st_size for f in files if f and (bundle / f).exists())
+
+
+def check_browser_size(size: int, what: str) -> None:
+    if size > BROWSER_LIMIT_BYTES:
+        raise InputError(f"{what} is {size / 2**30:.2f} GiB, over the {BROWSER_LIMIT_BYTES / 2**30:.1f} GiB a browser tab can "
+                         "open with onnxruntime-web (32-bit WebAssembly): view a smaller model, or export it in float16")
+
+
+def write_lens(model, out: Path) -> dict:
+    """``lens.bin`` (float32 arrays back to back) and its index: what the logit lens and attribution multiply by."""
+    arrays = {"W_U": model.W_U, "b_U": model.b_U, "W_O": model.W_O}
+    norm = model.ln_final
+    for key, value in (("ln_final.w", norm.w), ("ln_final.b", norm.b)):
+        if value is not None:
+            arrays[key] = value
+    index, offset = {}, 0
+    with open(out / "lens.bin", "wb") as f:
+        for key, value in arrays.items():
+            data = np.ascontiguousarray(value, dtype="<f4")
+            f.write(data.tobytes())
+            index[key] = {"offset": offset, "dims": list(data.shape)}
+            offset += data.nbytes
+    lens = {"normalization_type": norm.normalization_type, "eps": float(norm.eps), "arrays": index}
+    (out / "lens.json").write_text(json.dumps(lens, indent=1))
+    return lens
+
+
+DEFAULT_PROMPT = "The return statement leaves the current function. The return statement leaves the current function."
+
+
+def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, prompt: str = DEFAULT_PROMPT) -> Path:
+    """Write the page for ``bundle`` into ``out`` (index.html, the JavaScript, onnxruntime-web, a deployment);
+    ``prompt`` is the one it opens with."""
+    from graphlens.deploy import deploy
+    from graphlens.runtime.hooked_transformer import HookedTransformer
+
+    bundle, out = Path(bundle), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --force (overwrite=True) or another folder")
+    missing = [f for f in ORT_FILES if not (ORT_WEB / f).is_file()]
+    if missing:
+        raise InputError(f"onnxruntime-web is not installed next to graphlens ({ORT_WEB / missing[0]} is missing): "
+                         f"run (cd {JS} && ONNXRUNTIME_NODE_INSTALL=skip npm ci)")
+    manifest = read_manifest(bundle)
+    if "deployment" in manifest:
+        raise InputError(f"{bundle} is a deployment; view its source bundle ({manifest['deployment']['source_bundle']})")
+    check_browser_size(bundle_bytes(bundle, manifest), f"{bundle}'s model")
+    hooks = view_hooks(manifest["config"], [h["name"] for h in manifest["hooks"]])
+    with writing_bundle(out) as tmp:
+        for page in (JS / "view").iterdir():
+            shutil.copy2(page, tmp / page.name)
+        shutil.copytree(JS / "src", tmp / "graphlens", ignore=shutil.ignore_patterns("*.d.ts"))
+        (tmp / "ort").mkdir()
+        for name in ORT_FILES:
+            shutil.copy2(ORT_WEB / name, tmp / "ort" / name)
+        deployed = deploy(bundle, tmp / "bundle", hooks=hooks, patch=["blocks.*.attn.hook_z"], decoder=False)
+        check_browser_size(bundle_bytes(deployed, read_manifest(deployed)), "the deployment")
+        write_lens(HookedTransformer.from_pretrained(str(bundle)), tmp)
+        source = Path((manifest.get("source") or {}).get("model") or bundle.name).name
+        name = f"{source} ({manifest['architecture']}, {manifest['dtype']})"
+        (tmp / "view.json").write_text(json.dumps({"name": name, "prompt": prompt}))
+    return out
+
+
+def serve(folder: Path, port: int, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+    """An HTTP server for ``folder`` (not started): JavaScript modules and WebAssembly with their MIME types."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
+                          ".json": "application/json"}
+
+        def log_message(self, *args) -> None:  # quiet: the page's requests are not news
+            pass
+
+    return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(folder)))
+
+
+__all__ = ["BROWSER_LIMIT_BYTES", "build_view", "serve", "view_hooks"]

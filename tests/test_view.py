@@ -1,0 +1,180 @@
+"""``graphlens view`` in a real browser: headless Chromium types a prompt into the page, and the numbers it shows
+(top tokens and logits, an ablated logit, an attention weight, the logit lens, head attribution) equal Python's
+for the same bundle. The page runs the bundle with onnxruntime-web; Python's numbers come from graphlens'
+HookedTransformer (tested against TransformerLens elsewhere). Chromium (Debian's ``chromium``), node and
+js/node_modules are needed: without them the browser test is skipped, unless CI=true or GRAPHLENS_REQUIRE_JS=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from graphlens import HookedTransformer
+from graphlens.analysis.lens import head_logit_attribution, logit_lens
+from graphlens.cli import main
+from graphlens.errors import InputError
+from graphlens.export.pipeline import export_bundle
+from graphlens import view as view_module
+from graphlens.view import build_view, serve
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "shipped" / "pydoc-gpt2"
+ARTIFACTS = Path(os.environ.get("GRAPHLENS_ARTIFACTS", REPO / "test-artifacts"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+PROMPT = "The import statement binds a name. The import statement binds a name"
+LAYER, HEAD, QUERY = 1, 0, 14
+ATOL = 1e-4
+
+
+def _browser_missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing: apt-get install -y chromium (or set CHROMIUM)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (REPO / "js" / "node_modules" / "playwright-core").is_dir():
+        return "js/node_modules is missing: (cd js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle(tmp_path_factory):
+    return export_bundle(str(SHIPPED), tmp_path_factory.mktemp("view") / "bundle", progress=None)
+
+
+@pytest.fixture(scope="module")
+def page(shipped_bundle):
+    """What the page shows after the driver typed PROMPT, hovered, selected and ablated L1H0 (JSON from js/browser)."""
+    reason = _browser_missing()
+    if reason:
+        if os.environ.get("CI") == "true" or os.environ.get("GRAPHLENS_REQUIRE_JS") == "1":
+            pytest.fail(f"CI=true / GRAPHLENS_REQUIRE_JS=1 but {reason}")
+        pytest.skip(reason)
+    folder = build_view(shipped_bundle, shipped_bundle.parent / "page")
+    server = serve(folder, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "view.png"
+    try:
+        run = subprocess.run(["node", "drive-view.mjs", f"http://127.0.0.1:{server.server_address[1]}/", PROMPT,
+                              f"{LAYER}:{HEAD}", str(QUERY), str(shot)],
+                             cwd=REPO / "js" / "browser", capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert shot.stat().st_size > 10_000
+    return json.loads(run.stdout)
+
+
+@pytest.fixture(scope="module")
+def python(shipped_bundle):
+    model = HookedTransformer.from_pretrained(str(shipped_bundle))
+    tokens = model.to_tokens(PROMPT)
+    logits, cache = model.run_with_cache(tokens)
+    return model, tokens, logits, cache
+
+
+def _shown(text: str, value: float) -> None:
+    """The text the page shows is the value behind it, rounded to 4 decimals."""
+    assert float(text) == pytest.approx(round(value, 4), abs=1.5e-4)
+
+
+def test_page_shows_pythons_top_tokens_and_pattern(page, python):
+    model, tokens, logits, cache = python
+    assert page["errors"] == []
+    assert page["tokens"] == tokens[0].tolist()
+    last = logits[0, -1]
+    top = np.argsort(-last, kind="stable")[: len(page["clean"])]
+    assert [int(r["id"]) for r in page["clean"]] == top.tolist()
+    for row in page["clean"]:
+        np.testing.assert_allclose(float(row["clean"]), last[int(row["id"])], atol=ATOL)
+        _shown(row["text"][2], float(row["clean"]))
+    # hovering token QUERY with L1H0 selected: each token's weight is L1H0's pattern row QUERY
+    pattern = cache[f"blocks.{LAYER}.attn.hook_pattern"][0, HEAD, QUERY]
+    attends = page["attends"]
+    np.testing.assert_allclose(np.array(attends[: QUERY + 1], dtype=float), pattern[: QUERY + 1], atol=ATOL)
+    assert all(a is None or a == 0 for a in attends[QUERY + 1:])
+
+
+def test_page_ablation_equals_python(page, python):
+    model, tokens, _, _ = python
+    cfg = model.cfg
+    mask = np.zeros((1, 1, cfg.n_heads, 1), dtype=bool)
+    mask[..., HEAD, :] = True
+    hook = f"blocks.{LAYER}.attn.hook_z"
+    feeds = {f"{hook}.patch": np.zeros((1, 1, cfg.n_heads, cfg.d_head), cfg.dtype), f"{hook}.patch_mask": mask}
+    ablated = model.run_graph(tokens, ["logits"], feeds)["logits"][0, -1]
+    assert page["summary"].endswith(f"L{LAYER}H{HEAD}")
+    for row in page["ablated"]:
+        np.testing.assert_allclose(float(row["ablated"]), ablated[int(row["id"])], atol=ATOL)
+        np.testing.assert_allclose(float(row["ablatedTopValue"]), ablated[int(row["ablatedTop"])], atol=ATOL)
+        _shown(row["text"][3], float(row["ablated"]))
+    assert [int(r["ablatedTop"]) for r in page["ablated"]] == np.argsort(-ablated, kind="stable")[: len(page["ablated"])].tolist()
+    # the induction head matters here: ablating it moves the logits
+    assert max(abs(float(r["ablated"]) - float(r["clean"])) for r in page["ablated"]) > 0.1
+
+
+def test_page_logit_lens_and_attribution_equal_python(page, python):
+    model, tokens, logits, cache = python
+    lens, labels = logit_lens(cache)  # [layers + 1, batch, pos, vocab]
+    for cell in page["lens"]:
+        row = lens[labels.index(cell["layer"]), 0, int(cell["pos"])]
+        assert int(cell["id"]) == int(row.argmax())
+        np.testing.assert_allclose(float(cell["value"]), row.max(), atol=ATOL)
+    assert len(page["lens"]) == len(labels) * tokens.shape[1]
+    target = page["target"]
+    assert target == int(logits[0, -1].argmax())
+    # TransformerLens' idiom: the heads' outputs at the last position, scaled by the final norm, on W_U[:, target]
+    attrs = cache.logit_attrs(cache.stack_head_results(pos_slice=-1), target, pos_slice=-1)[:, 0]
+    # graphlens.analysis' helper (graphlens plot --kind head-attribution) computes the same numbers
+    np.testing.assert_allclose(head_logit_attribution(cache, target)[..., 0].ravel(), attrs, rtol=1e-6)
+    shown = {c["head"]: float(c["value"]) for c in page["dla"]}
+    expected = {f"{l}:{h}": attrs[l * model.cfg.n_heads + h] for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
+    assert shown.keys() == expected.keys()
+    np.testing.assert_allclose([shown[k] for k in expected], list(expected.values()), atol=ATOL)
+    for cell in page["dla"]:
+        _shown(cell["text"], float(cell["value"]))
+
+
+def test_view_writes_a_static_page(shipped_bundle, tmp_path):
+    out = tmp_path / "page"
+    result = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "ort" / "ort-wasm-simd-threaded.wasm").is_file() and (out / "graphlens" / "bundle.js").is_file()
+    manifest = json.loads((out / "bundle" / "graphlens.json").read_text())
+    assert manifest["deployment"]["patch_sites"] == [f"blocks.{l}.attn.hook_z" for l in range(2)]
+    lens = json.loads((out / "lens.json").read_text())
+    model = HookedTransformer.from_pretrained(str(shipped_bundle))
+    entry = lens["arrays"]["W_U"]
+    stored = np.fromfile(out / "lens.bin", dtype="<f4", count=int(np.prod(entry["dims"])), offset=entry["offset"])
+    np.testing.assert_array_equal(stored.reshape(entry["dims"]), model.W_U)
+    server = serve(out, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/ort/ort-wasm-simd-threaded.wasm") as wasm, urllib.request.urlopen(f"{base}/view.js") as js:
+            # browsers compile WebAssembly and run modules only with these types
+            assert wasm.headers["Content-Type"] == "application/wasm" and js.headers["Content-Type"].startswith("text/javascript")
+            assert wasm.read() == (out / "ort" / "ort-wasm-simd-threaded.wasm").read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
+    again = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(out)])
+    assert again.exit_code != 0 and "--force" in again.output
+
+
+def test_view_refuses_a_bundle_too_large_for_the_browser(shipped_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(view_module, "BROWSER_LIMIT_BYTES", 1_000_000)
+    with pytest.raises(InputError, match="browser tab"):
+        build_view(shipped_bundle, tmp_path / "page")
+    assert not (tmp_path / "page").exists()
