@@ -17,10 +17,13 @@ from graphlens.bundle import (
     FORMAT,
     FORMAT_VERSION,
     MODEL_FILE,
+    check_destination,
     save_model,
     write_manifest,
     writing_bundle,
 )
+from graphlens.errors import ExportError, InputError
+from graphlens.export.quiet import quietly
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
 from graphlens.rewrite.apply_weights import apply_processing
 from graphlens.rewrite.instrument import (
@@ -42,7 +45,7 @@ def _forward_order(hooks: list[str], arch, cfg: dict) -> list[str]:
     """The graph's hooks in TransformerLens' forward order (graph order interleaves parallel blocks)."""
     expected = arch.hook_names(cfg["n_layers"])
     if set(hooks) != set(expected):
-        raise RuntimeError(
+        raise ExportError(
             f"the {arch.name} adapter declares sites the export did not mark, or the reverse: "
             f"missing {sorted(set(expected) - set(hooks))[:5]}, unexpected {sorted(set(hooks) - set(expected))[:5]}"
         )
@@ -53,6 +56,7 @@ def default_output_dir(source: str) -> Path:
     return Path("models") / Path(source.rstrip("/")).name
 
 
+@quietly
 def export_bundle(
     source: str,
     out_dir: str | Path | None = None,
@@ -60,7 +64,7 @@ def export_bundle(
     dtype: str = "float32",
     opset: int = 18,
     external_data: bool | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     decoder: bool = True,
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
     patch_sites: str = "all",
@@ -72,13 +76,14 @@ def export_bundle(
     ``patch_sites``: which sites get ``.patch``/``.patch_mask``/``.add`` inputs: "all", "resid"
     (residual stream sites only) or "none" (every site is still an output).
     ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
+    ``overwrite``: replace a bundle already at ``out_dir`` (anything else there is never replaced; see
+    ``bundle_write``).
     """
     report = progress or (lambda *a: None)
     if patch_sites not in PATCH_SITE_CHOICES:
-        raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
+        raise InputError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
     out = Path(out_dir) if out_dir is not None else default_output_dir(source)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
+    check_destination(out, overwrite)  # before the slow part
     steps, started = 6, time.perf_counter()
 
     report(1, steps, f"loading {source}")
@@ -110,7 +115,7 @@ def export_bundle(
     report(5, steps, "checking the graph")
     onnx.checker.check_model(proto, full_check=False)
 
-    with writing_bundle(out) as tmp:
+    with writing_bundle(out, overwrite) as tmp:
         report(6, steps, f"writing the bundle to {out}")
         # with a decoder, external data lets both graphs read one copy of the weights
         big = save_model(proto, tmp / MODEL_FILE, True if external_data is None and decoder else external_data)

@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from graphlens.architectures.base import Architecture
 from graphlens.rewrite.weights import Processing, process_params
+from graphlens.errors import InputError
 
 
 def graph_params(graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -40,7 +41,7 @@ def apply_processing(graph: gs.Graph, arch: Architecture, cfg: dict, processing:
         if name in tensors:
             tensors[name].values = value
         elif np.any(value):  # a bias HF lacks (zeros in TL's state dict) that processing made non-zero
-            raise ValueError(
+            raise InputError(
                 f"weight processing gives {name!r} non-zero values but the graph has no such parameter; "
                 f"the {arch.name} adapter must list its module in zero_biases"
             )

@@ -7,7 +7,8 @@ from typing import Iterator
 import numpy as np
 
 from graphlens.analysis.cache_methods import CacheAnalysisMixin
-from graphlens.sites import UnknownHookError, get_act_name
+from graphlens.sites import get_act_name
+from graphlens.errors import InputError, InputTypeError
 
 
 class ActivationCache(CacheAnalysisMixin):
@@ -36,13 +37,10 @@ class ActivationCache(CacheAnalysisMixin):
             if isinstance(layer, (int, np.integer)) and layer < 0:
                 layer = self.model.cfg.n_layers + int(layer)
             return get_act_name(name, layer, layer_type)
-        raise TypeError(f"cache keys are hook names or (name, layer[, layer_type]) tuples, not {type(key).__name__}")
+        raise InputTypeError(f"cache keys are hook names or (name, layer[, layer_type]) tuples, not {type(key).__name__}")
 
     def __getitem__(self, key) -> np.ndarray:
-        name = self._resolve(key)
-        if name not in self.cache_dict:
-            raise UnknownHookError(name, self.cache_dict)
-        return self.cache_dict[name]
+        return self._get(key)
 
     def __contains__(self, key) -> bool:
         try:
@@ -71,7 +69,7 @@ class ActivationCache(CacheAnalysisMixin):
     def to(self, device: str, move_model: bool = False) -> "ActivationCache":
         """Arrays are numpy (host memory) whatever device ran the model; kept for TransformerLens parity."""
         if device not in ("cpu",) and not str(device).startswith("cuda"):
-            raise ValueError(f"unknown device {device!r}")
+            raise InputError(f"unknown device {device!r}")
         return self
 
     def remove_batch_dim(self) -> "ActivationCache":
@@ -80,7 +78,7 @@ class ActivationCache(CacheAnalysisMixin):
             return self
         for name, value in self.cache_dict.items():
             if value.shape[0] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1; {name} has batch size {value.shape[0]}")
+                raise InputError(f"remove_batch_dim needs batch size 1; {name} has batch size {value.shape[0]}")
             self.cache_dict[name] = value[0]
         self.has_batch_dim = False
         return self
@@ -90,6 +88,6 @@ class ActivationCache(CacheAnalysisMixin):
         if batch_slice is None:
             return ActivationCache(dict(self.cache_dict), self.model, self.has_batch_dim)
         if not self.has_batch_dim:
-            raise ValueError("this cache has no batch dimension")
+            raise InputError("this cache has no batch dimension")
         sliced = {name: value[batch_slice] for name, value in self.cache_dict.items()}
         return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice, (int, np.integer)))
