@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +108,18 @@ def test_spec_errors_are_one_line(small_bundle, tmp_path):
     spec.write_text(json.dumps([{"hook": "blocks.0.hook_resid_post", "op": "add", "value_file": "obj.npy"}]))
     with pytest.raises(SpecError, match="is not a .npy array"):
         intervene(small_bundle, spec, tmp_path / "o")
+
+
+def test_a_version_1_bundle_gets_a_one_line_warning(small_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(small_bundle, bundle)
+    manifest = json.loads((bundle / "graphlens.json").read_text())
+    del manifest["files"]
+    (bundle / "graphlens.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    proc = subprocess.run([sys.executable, "-c", "from graphlens.cli import main; main()", "inspect", str(bundle),
+                           "--no-hooks"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Warning: {bundle} is a format-version-1 bundle: it records no file sizes or hashes, so damage cannot be "
+        f"detected; export it again"]
+    assert "architecture  gpt2" in proc.stdout

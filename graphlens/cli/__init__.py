@@ -6,6 +6,8 @@ non-zero exit status; ``graphlens --debug COMMAND`` shows the traceback instead.
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from graphlens.cli.export import export
@@ -15,7 +17,7 @@ from graphlens.cli.intervene import intervene
 from graphlens.cli.plot import plot
 from graphlens.cli.run import run
 from graphlens.cli.verify import verify
-from graphlens.errors import GraphlensError
+from graphlens.errors import BundleWarning, GraphlensError
 
 
 def one_line(err: BaseException) -> str:
@@ -40,11 +42,22 @@ class _Group(click.Group):
             raise click.ClickException(one_line(err)) from None
 
 
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """graphlens' own warnings as ``Warning: <message>`` (others as Python prints them)."""
+    if issubclass(category, BundleWarning):
+        return f"Warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="graphlens")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
 def main(debug: bool) -> None:
     """Mechanistic-interpretability hooks on ONNX: export HF models, then analyse them with ONNX Runtime."""
+    warnings.formatwarning = _one_line_warning
 
 
 main.add_command(export)
