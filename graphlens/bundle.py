@@ -1,21 +1,23 @@
 """The bundle folder and its manifest, ``graphlens.json`` — the contract with non-Python consumers.
 
-Format version 2 (version 1 still loads). ``graphlens/schema/graphlens.schema.json`` defines every
-field; ``write_manifest`` validates against it (when jsonschema is installed).
+Format version 2 (version 1 bundles still load, with a warning that they carry no hashes).
+``graphlens/schema/graphlens.schema.json`` defines every field (``write_manifest`` validates against it
+when jsonschema is installed); ``bundle_files`` (sizes, hashes, path rules), ``bundle_check`` (manifest
+and graph checks) and ``bundle_write`` (safe, atomic writing) do the work.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
-from typing import Iterator
 
 import onnx
-from graphlens.errors import BundleError, InputError
+from graphlens.bundle_check import check_manifest
+from graphlens.bundle_files import check_hashes, check_sizes, file_records
+from graphlens.bundle_write import check_destination, writing_bundle  # noqa: F401  (re-exported)
+from graphlens.errors import BundleError, BundleWarning, InputError
 
 FORMAT = "graphlens-bundle"
 FORMAT_VERSION = 2
@@ -31,65 +33,75 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def read_manifest(path: str | Path) -> dict:
+    """The manifest of bundle ``path``, checked: well formed, file names inside the folder, file sizes.
+
+    A version-1 manifest (no ``files`` record) loads with a ``BundleWarning``.
+    """
     path = Path(path)
     file = path / MANIFEST
     if not file.is_file():
+        if not path.exists():
+            raise BundleError(f"{path} does not exist; give a bundle folder (create one with `graphlens export`)")
         raise BundleError(f"{path} is not a graphlens bundle (no {MANIFEST}); create one with `graphlens export`")
-    manifest = json.loads(file.read_text())
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{file} is not a graphlens manifest (format={manifest.get('format')!r})")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(f"{file} is not valid JSON ({err}); export the bundle again") from None
+    except OSError as err:
+        raise BundleError(f"cannot read {file}: {err.strerror or err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{file} is not a graphlens manifest (format={found!r})")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise BundleError(
-            f"{file} has format version {manifest['format_version']}, newer than this graphlens reads "
-            f"({FORMAT_VERSION}); upgrade graphlens"
+            f"{file} has format version {version}, newer than this graphlens reads ({FORMAT_VERSION}); upgrade graphlens"
         )
+    check_manifest(path, manifest)
+    if version >= 2 or "files" in manifest:
+        check_sizes(path, manifest)
+    else:
+        warnings.warn(f"{path} is a format-version-{version} bundle: it records no file sizes or hashes, so damage "
+                      f"cannot be detected; export it again", BundleWarning, stacklevel=2)
     return manifest
 
 
+def verify_bundle(path: str | Path) -> list[str]:
+    """Check every file's size and SHA-256 against the manifest; returns the names checked.
+
+    Raises a BundleError naming the first damaged file, or saying that a version-1 bundle has no hashes.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BundleWarning)
+        manifest = read_manifest(path)
+    if "files" not in manifest:
+        raise BundleError(f"{path} is a format-version-{manifest['format_version']} bundle with no hashes to check; "
+                          f"export it again")
+    return check_hashes(path, manifest)
+
+
 def write_manifest(path: str | Path, manifest: dict) -> None:
-    """Write ``graphlens.json`` in ``path``, after checking it against the schema."""
+    """Write ``graphlens.json`` last: its ``files`` field records the size and SHA-256 of every other file.
+    The manifest is checked against the schema first."""
     from graphlens.schema import validate_manifest
 
+    path = Path(path)
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "files": file_records(path)}
     validate_manifest(manifest, f"the manifest for {path}")
-    (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path / MANIFEST)
 
 
 def derived_bundle_paths(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
-    """``(source, out)`` as Paths for a bundle made from another one, after checking that ``out`` may be written."""
+    """``(source, out)`` as Paths for a bundle made from another one, after checking that ``out`` may be
+    written (``bundle_write.check_destination``) and is not the source."""
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
     if out.resolve() == source.resolve():
         raise InputError(f"write the new bundle to another folder than its source {source}")
+    check_destination(out, overwrite)
     return source, out
-
-
-@contextlib.contextmanager
-def writing_bundle(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` when the block succeeds (removed if it fails).
-
-    Nothing half-written is ever left at ``out``.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        _usual_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _usual_permissions(folder: Path) -> None:
-    """The modes a plain mkdir/open would have given (mkdtemp and some writers make owner-only ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_model(proto: onnx.ModelProto, path: Path, external_data: bool | None = None) -> bool:

@@ -89,7 +89,7 @@ def deploy(
     del source
     with_decoder = decoder and bool(manifest.get("decoder"))
 
-    with writing_bundle(out) as tmp:
+    with writing_bundle(out, overwrite) as tmp:
         big = save_model(graph, tmp / model_file, True if with_decoder else None)
         for name in manifest.get("tokenizer_files") or []:
             shutil.copy2(bundle / name, tmp / name)

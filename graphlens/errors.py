@@ -66,3 +66,26 @@ class DataError(GraphlensError, ValueError):
 
 class HarvestError(GraphlensError, RuntimeError):
     """A harvest that cannot continue (output folder in the way, a resume that does not match, disk full)."""
+
+
+class BundleWarning(UserWarning):
+    """A bundle that loads but deserves attention (e.g. an old format version without file hashes)."""
+
+
+class InputIndexError(GraphlensError, IndexError):
+    """An index (layer, position, slice) outside what the model or array has."""
+
+
+class NotCachedError(GraphlensError, KeyError):
+    """A valid hook name that this cache does not hold (it was filtered out or not computed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class NotSupportedError(GraphlensError, NotImplementedError):
+    """A TransformerLens feature graphlens does not offer (gradients, shortformer, ...)."""
+
+
+class MissingDependencyError(GraphlensError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""

@@ -6,7 +6,8 @@ along the batch axis (variants × the corrupted batch) and run together, from th
 the graph is cut once at every layer's site (``runtime.sweep.SiteSweep``), the corrupted input runs
 through it once, and each batch of variants runs only the parts after its site, so nothing upstream
 of it is recomputed and the sessions are built once per sweep. Runs are chunked to
-``memory_budget_mb`` (or ``max_batch`` variants); ``patching_metric`` is still called once per
+``memory_budget_mb`` (measured: the first run of one variant says how many fit; see ``_Chunks``) or
+``max_batch`` variants; ``patching_metric`` is still called once per
 index, on that variant's logits ``[batch, pos, d_vocab]``.
 
 ``patch_setter(corrupted_activation, index, clean_activation)`` works on numpy arrays. Active hooks
@@ -15,6 +16,7 @@ of the model still run, on the batched activations.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from functools import partial
 from typing import Callable, Literal, Sequence
@@ -25,8 +27,10 @@ from tqdm.auto import tqdm
 
 from graphlens.runtime.inputs import as_numpy, check_tokens
 from graphlens.runtime.graph import LOGITS
+from graphlens.runtime.memory import PeakUse, rss_bytes, used_bytes
 from graphlens.runtime.sweep import SiteSweep
-from graphlens.sites import get_act_name
+from graphlens.sites import UnknownHookError, get_act_name
+from graphlens.errors import InputError, NotCachedError
 
 AxisNames = Literal["layer", "pos", "head_index", "head", "src_pos", "dest_pos"]
 Metric = Callable[[Float[np.ndarray, "batch pos d_vocab"]], object]
@@ -46,18 +50,18 @@ def _index_rows(model, activation_name, n_pos, index_axis_names, index_df) -> tu
     """The indices to patch, and the result's shape (None: flat, one entry per ``index_df`` row)."""
     if index_df is not None:
         if index_axis_names is not None:
-            raise ValueError("give index_axis_names or index_df, not both")
+            raise InputError("give index_axis_names or index_df, not both")
         rows = index_df.values.tolist() if hasattr(index_df, "values") else [list(r) for r in index_df]
         return [[int(i) for i in row] for row in rows], None
     if index_axis_names is None:
-        raise ValueError("give index_axis_names (e.g. ('layer', 'pos')) or index_df")
+        raise InputError("give index_axis_names (e.g. ('layer', 'pos')) or index_df")
     heads = model.cfg.n_heads
     if activation_name in ("k", "v") and getattr(model.cfg, "n_key_value_heads", None) is not None:
         heads = model.cfg.n_key_value_heads
     ranges = {"layer": model.cfg.n_layers, "pos": n_pos, "src_pos": n_pos, "dest_pos": n_pos, "head_index": heads, "head": heads}
     unknown = [a for a in index_axis_names if a not in ranges]
     if unknown:
-        raise ValueError(f"unknown index axis names {unknown}; use {sorted(ranges)}")
+        raise InputError(f"unknown index axis names {unknown}; use {sorted(ranges)}")
     shape = [ranges[a] for a in index_axis_names]
     return [list(row) for row in itertools.product(*[range(n) for n in shape])], shape
 
@@ -92,25 +96,31 @@ def generic_activation_patch(
     """
     tokens = check_tokens(as_numpy(corrupted_tokens), model.cfg.d_vocab, model.cfg.n_ctx)
     rows, shape = _index_rows(model, activation_name, tokens.shape[-1], index_axis_names, index_df)
-    per_run = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, tokens)))
-    per_run = min(per_run, max_batch) if max_batch is not None else per_run
+    chunks = _Chunks(model, tokens, max_batch, memory_budget_mb)
     sites = [get_act_name(activation_name, layer=row[0]) for row in rows]
     site_order = list(dict.fromkeys(sites))
-    sweep = SiteSweep(model, tokens, site_order)
+    for site in site_order:
+        _check_clean(model, clean_cache, site, tokens)
+    sweep = SiteSweep(model, tokens, site_order, arena=chunks.measured)  # measuring needs freed memory
 
     results = np.zeros(len(rows), dtype=np.float32)
     bar = tqdm(total=len(rows), disable=not progress, desc=f"patching {activation_name}", leave=False)
     for site in site_order:
         todo = [i for i, s in enumerate(sites) if s == site]
         clean, corrupted = as_numpy(clean_cache[site]), sweep.activation(site)
-        for start in range(0, len(todo), per_run):
-            chunk = todo[start:start + per_run]
-            patched = np.concatenate(
-                [np.asarray(patch_setter(corrupted.copy(), rows[i], clean)) for i in chunk]
-            ).astype(corrupted.dtype, copy=False)
-            logits = _run_patched(model, sweep, tokens, site, patched, len(chunk))
-            for v, i in enumerate(chunk):
-                results[i] = float(as_numpy(patching_metric(logits[v * len(tokens):(v + 1) * len(tokens)])))
+        if clean.shape != corrupted.shape:
+            raise InputError(f"clean_cache[{site!r}] has shape {clean.shape}, the corrupted run's is {corrupted.shape}: "
+                             f"run the clean input with the same batch size and length")
+        while todo:
+            chunk, todo = todo[:chunks.size], todo[chunks.size:]
+            with chunks.run():
+                patched = np.concatenate(
+                    [np.asarray(patch_setter(corrupted.copy(), rows[i], clean)) for i in chunk]
+                ).astype(corrupted.dtype, copy=False)
+                logits = _run_patched(model, sweep, tokens, site, patched, len(chunk))
+                for v, i in enumerate(chunk):
+                    results[i] = _scalar(patching_metric(logits[v * len(tokens):(v + 1) * len(tokens)]))
+                del patched, logits
             bar.update(len(chunk))
     bar.close()
     output = results if shape is None else results.reshape(shape)
@@ -120,9 +130,73 @@ def generic_activation_patch(
     return output
 
 
+class _Chunks:
+    """How many variants run together: ``max_batch`` when given; otherwise measured.
+
+    The first run has one variant; the resident memory the sweep holds by then plus the peak that run
+    added (both measured, ``runtime.memory``) say how many variants fit in ``memory_budget_mb``. Where
+    memory cannot be measured, a shape-based estimate (``_variant_bytes``) stands in.
+    """
+
+    def __init__(self, model, tokens: np.ndarray, max_batch, memory_budget_mb):
+        if max_batch is not None:
+            if not isinstance(max_batch, (int, np.integer)) or isinstance(max_batch, bool) or max_batch < 1:
+                raise InputError(f"max_batch must be a positive integer (variants per run), got {max_batch!r}")
+        if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(memory_budget_mb) or memory_budget_mb <= 0:
+            raise InputError(f"memory_budget_mb must be a positive number of MB, got {memory_budget_mb!r}")
+        self.budget_mb, self.start, self.start_rss = float(memory_budget_mb), used_bytes(), rss_bytes()
+        self.size = int(max_batch) if max_batch is not None else 1
+        self.measured = max_batch is not None
+        if not self.measured and self.start is None:  # nothing to measure with: estimate from the shapes
+            self.size = self._fitting(0, _variant_bytes(model, tokens))
+            self.measured = True
+
+    def _fitting(self, held: int, per_variant: int) -> int:
+        fits = int((self.budget_mb * 2**20 - held) // max(per_variant, 1))
+        if fits < 1:
+            need = (held + per_variant) / 2**20
+            raise InputError(f"memory_budget_mb={self.budget_mb:g} is below what one patched variant needs here "
+                             f"(measured {need:.0f} MB for this model, batch and length); give at least {need:.0f}")
+        return fits
+
+    @contextlib.contextmanager
+    def run(self):
+        """Around one run of ``self.size`` variants; the first one measures."""
+        if self.measured:
+            yield
+            return
+        # what the sweep holds: heap in use, or resident memory when more (sessions map memory outside malloc)
+        held = max(0, (used_bytes() or 0) - self.start, (rss_bytes() or 0) - (self.start_rss or 0))
+        with PeakUse() as peak:
+            yield
+        self.size, self.measured = self._fitting(held, peak.added), True
+
+
+def _check_clean(model, clean_cache, site: str, tokens: np.ndarray) -> None:
+    """The clean activation exists and has the corrupted run's shape."""
+    if site not in model.hook_dict:
+        raise UnknownHookError(site, model.hook_names)
+    if site not in clean_cache:
+        raise NotCachedError(f"clean_cache has no {site}: run run_with_cache on the clean input without names_filter")
+    clean = as_numpy(clean_cache[site])
+    batch, pos = tokens.shape
+    if clean.ndim < 2 or clean.shape[0] != batch or pos not in clean.shape[1:]:
+        raise InputError(f"clean_cache[{site!r}] has shape {clean.shape}, which does not fit corrupted tokens of shape "
+                         f"{tokens.shape}: clean and corrupted inputs need the same batch size and length")
+
+
+def _scalar(value) -> float:
+    try:
+        return float(np.asarray(as_numpy(value)).reshape(()))
+    except (TypeError, ValueError):
+        raise InputError(f"patching_metric must return one number per call, got {type(value).__name__} "
+                         f"{getattr(value, 'shape', '')}") from None
+
+
 def _run_patched(model, sweep: SiteSweep, tokens: np.ndarray, site: str, patched: np.ndarray, variants: int) -> np.ndarray:
     if patched.shape[0] != variants * tokens.shape[0]:
-        raise ValueError(f"patch_setter returned batch {patched.shape[0] // variants}, expected {tokens.shape[0]} (for {site})")
+        raise InputError(f"patch_setter returned batch {patched.shape[0] // variants}, expected {tokens.shape[0]} (for {site})")
     if sweep.supports(site):
         return sweep.logits(site, patched, variants)
     # something without a batch axis crosses the cut: a graph cut at this site alone, fed every variant

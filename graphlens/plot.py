@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from jaxtyping import Float
+from graphlens.errors import InputError, MissingDependencyError
 
 
 def _figure(figsize: tuple[float, float], dpi: int):
@@ -21,15 +22,29 @@ def _figure(figsize: tuple[float, float], dpi: int):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("graphlens.plot needs matplotlib: pip install 'graphlens[plot]' (or pip install matplotlib)") from None
+        raise MissingDependencyError("graphlens.plot needs matplotlib: pip install 'graphlens[plot]' (or pip install matplotlib)") from None
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
 
+def image_format(path: str | Path) -> str:
+    """The image format ``path``'s suffix names (png, jpg, pdf, svg, ...); an InputError for one matplotlib
+    cannot write (or no suffix)."""
+    _figure((1, 1), 10)  # matplotlib present?
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in supported:
+        raise InputError(f"{Path(path).name}: name the image format with the suffix, one of "
+                         f"{', '.join('.' + s for s in sorted(supported))}")
+    return suffix
+
+
 def _finish(fig, path: str | Path | None):
     if path is not None:
-        fig.savefig(path, dpi=fig.dpi, format="png")
+        fig.savefig(path, dpi=fig.dpi, format=image_format(path))
     return fig
 
 
@@ -38,7 +53,7 @@ def _check_labels(labels: Sequence[str] | None, n: int, what: str) -> list[str] 
         return None
     labels = [str(label) for label in labels]
     if len(labels) != n:
-        raise ValueError(f"{len(labels)} {what} labels for an axis of {n}: give one label per row/column")
+        raise InputError(f"{len(labels)} {what} labels for an axis of {n}: give one label per row/column")
     return labels
 
 
@@ -62,7 +77,7 @@ def _heatmap(fig, ax, values, x_labels, y_labels, cmap: str, centred: bool, colo
 def _matrix(values, ndim: int | None, what: str) -> np.ndarray:
     values = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
     if ndim is not None and values.ndim != ndim:
-        raise ValueError(f"{what} must have {ndim} dimensions; got shape {values.shape}")
+        raise InputError(f"{what} must have {ndim} dimensions; got shape {values.shape}")
     return values
 
 
@@ -85,15 +100,15 @@ def attention_patterns(
     if pattern.ndim == 2:
         pattern = pattern[None]
     if pattern.ndim != 3:
-        raise ValueError(f"pattern must be [n_heads, query_pos, key_pos] (drop the batch dim); got {pattern.shape}")
+        raise InputError(f"pattern must be [n_heads, query_pos, key_pos] (drop the batch dim); got {pattern.shape}")
     n_heads, n_query, n_key = pattern.shape
     heads = list(range(n_heads)) if heads is None else [int(h) for h in heads]
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad or not heads:
-        raise ValueError(f"heads {bad or heads} out of range: the pattern has {n_heads} heads (0..{n_heads - 1})")
+        raise InputError(f"heads {bad or heads} out of range: the pattern has {n_heads} heads (0..{n_heads - 1})")
     tokens = _check_labels(tokens, n_key, "token")
     if n_query != n_key:
-        raise ValueError(f"pattern is {n_query} queries × {n_key} keys; give the full square pattern")
+        raise InputError(f"pattern is {n_query} queries × {n_key} keys; give the full square pattern")
     cols = min(max_cols, len(heads))
     rows = -(-len(heads) // cols)
     fig = _figure((panel_size * cols + 0.8, panel_size * rows + 0.6), dpi)
@@ -241,11 +256,13 @@ def attention_html(
     title: str | None = None,
 ) -> Path:
     """Write a self-contained HTML attention viewer (no server, no external scripts); returns its path."""
+    if Path(path).suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"{Path(path).name}: the attention viewer is an HTML page; give a path ending in .html")
     pattern = _matrix(pattern, None, "pattern")
     if pattern.ndim == 2:
         pattern = pattern[None]
     if pattern.ndim != 3 or pattern.shape[1] != pattern.shape[2]:
-        raise ValueError(f"pattern must be [n_heads, pos, pos] (drop the batch dim); got shape {pattern.shape}")
+        raise InputError(f"pattern must be [n_heads, pos, pos] (drop the batch dim); got shape {pattern.shape}")
     tokens = _check_labels(tokens, pattern.shape[-1], "token")
     prefix = f"L{layer}" if layer is not None else ""
     heads = [f"{prefix}H{h}" for h in range(pattern.shape[0])]

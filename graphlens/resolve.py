@@ -10,6 +10,7 @@ from pathlib import Path
 
 from graphlens.bundle import BundleError, is_bundle
 from graphlens.rewrite.weights import Processing
+from graphlens.errors import InputTypeError, MissingDependencyError
 
 
 def cache_root() -> Path:
@@ -25,8 +26,28 @@ def _fingerprint(source: str) -> str:
     return json.dumps([str(path.resolve()), stats])
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_local(source: str) -> bool:
+    """Is ``source`` meant as a local path rather than a hub id ("org/name")?
+
+    Yes when it is absolute, starts with "." or "~", has more than one separator, is not a valid
+    hub id, or its first component is a folder here (``models/gpt2`` when ``models/`` exists).
+    """
+    if os.path.isabs(source) or source.startswith((".", "~")) or not _HUB_ID.match(source):
+        return True
+    first = source.split("/")[0]
+    return "/" in source and Path(first).is_dir()
+
+
 def resolve_bundle(source: str | os.PathLike, processing: Processing, dtype: str | None) -> Path:
-    """The bundle folder for ``source``; HF sources are exported into the cache once."""
+    """The bundle folder for ``source``; HF sources are exported into the cache once.
+
+    A local path is looked at first (a missing one is an error at once, never a hub request).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputTypeError(f"give a bundle folder, an HF model folder or a hub id, not {type(source).__name__}")
     path = Path(source)
     if is_bundle(path):
         return path
@@ -34,6 +55,8 @@ def resolve_bundle(source: str | os.PathLike, processing: Processing, dtype: str
         raise BundleError(
             f"{path} is neither a graphlens bundle (no graphlens.json) nor an HF model folder (no config.json)"
         )
+    if not path.exists() and looks_local(str(source)):
+        raise BundleError(f"{source} does not exist: give a bundle folder, an HF model folder or a hub id such as gpt2")
     key = hashlib.sha1(json.dumps([_fingerprint(str(source)), processing.as_dict(), dtype]).encode()).hexdigest()[:12]
     target = cache_root() / f"{re.sub(r'[^A-Za-z0-9._-]+', '--', str(source).strip('/'))[-60:]}-{key}"
     if is_bundle(target):
@@ -41,7 +64,7 @@ def resolve_bundle(source: str | os.PathLike, processing: Processing, dtype: str
     try:
         from graphlens.export.pipeline import export_bundle
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"loading {source!r} needs an export first, which needs torch and transformers: "
             f"pip install 'graphlens[export]' (or export elsewhere and load the bundle folder)"
         ) from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from graphlens.errors import InputError
 
 
 class Slice:
@@ -22,7 +23,7 @@ class Slice:
         elif isinstance(input_slice, (list, np.ndarray)) or type(input_slice).__module__.startswith("torch"):
             self.slice, self.mode = np.asarray(input_slice, dtype=np.int64), "array"
         else:
-            raise ValueError(f"invalid slice {input_slice!r}: use an int, a tuple, a slice, a list or an array")
+            raise InputError(f"invalid slice {input_slice!r}: use an int, a tuple, a slice, a list or an array")
 
     def apply(self, array: np.ndarray, dim: int = 0) -> np.ndarray:
         index = [slice(None)] * array.ndim
@@ -33,7 +34,7 @@ class Slice:
         if self.mode == "int":
             return np.array([self.slice])
         if max_ctx is None:
-            raise ValueError("indices of a slice need max_ctx")
+            raise InputError("indices of a slice need max_ctx")
         return np.arange(max_ctx)[self.slice]
 
     @staticmethod

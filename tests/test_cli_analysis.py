@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from graphlens.bundle import read_manifest
+from graphlens.bundle import read_manifest, write_manifest
 from graphlens.cli import main
 from tests.models import tl_reference
 
@@ -58,6 +58,7 @@ def test_inspect_json_reports_the_graph_inputs_that_exist(small_bundle, tmp_path
     del proto.graph.input[:]
     proto.graph.input.extend(kept)
     onnx.save(proto, str(bundle / "model.onnx"))
+    write_manifest(bundle, json.loads((bundle / "graphlens.json").read_text()))  # record the edited file's size and hash
     summary = json.loads(invoke("inspect", bundle, "--json").output)
     flags = {h["name"]: h["inputs"] for h in summary["hooks"]}
     assert flags["blocks.0.hook_resid_pre"] == {"patch": True, "patch_mask": True, "add": False}

@@ -65,8 +65,9 @@ def test_batched_runs_and_chunking(setup):
     runs, cached = ours.graph.session_runs, len(ours.graph._sessions)
     full = patching.get_act_patch_resid_pre(*setup["ours"], progress=False)
     # the graph is cut once at every resid_pre: n + 1 parts run on the corrupted input, then the
-    # variants patched at layer L (all 4 positions in one batch) run only the n - L parts after it
-    assert ours.graph.session_runs - runs == (n + 1) + sum(n - layer for layer in range(n))
+    # variants patched at layer L (all 4 positions in one batch) run only the n - L parts after it;
+    # the first run, which measures the memory of one variant, holds one of layer 0's positions
+    assert ours.graph.session_runs - runs == (n + 1) + sum(n - layer for layer in range(n)) + n
     assert len(ours.graph._sessions) - cached <= 1  # one plan (one set of sessions) for the sweep
     runs = ours.graph.session_runs
     chunked = patching.get_act_patch_resid_pre(*setup["ours"], progress=False, max_batch=3)

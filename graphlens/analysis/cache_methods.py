@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from graphlens.runtime.inputs import as_numpy
 from graphlens.sites import UnknownHookError
 from graphlens.slicing import Slice
+from graphlens.errors import InputError, InputIndexError, NotCachedError
 
 SliceLike = Union[Slice, int, tuple, slice, list, np.ndarray, None]
 Stack = Float[np.ndarray, "num_components *batch_and_pos_dims d_model"]
@@ -39,7 +40,7 @@ def slice_dim(s: Slice, x: np.ndarray, dim: int, what: str = "pos_slice") -> np.
     if s.mode in ("int", "array"):
         idx = np.asarray(s.slice)
         if idx.size and (idx.max() >= size or idx.min() < -size):
-            raise IndexError(f"{what}={s.slice!r} does not fit: the activation has {size} there (shape {x.shape})")
+            raise InputIndexError(f"{what}={s.slice!r} does not fit: the activation has {size} there (shape {x.shape})")
     return s.apply(x, dim=dim)
 
 
@@ -69,7 +70,8 @@ class CacheAnalysisMixin:
         if name in self.cache_dict:
             return self.cache_dict[name]
         if self.model is not None and name in getattr(self.model, "hook_dict", {}):
-            raise KeyError(f"{name} is not in this cache: run run_with_cache without names_filter, or include it")
+            raise NotCachedError(f"{name} is a hook of the model but not in this cache: run run_with_cache without "
+                                 f"names_filter, or include it there")
         raise UnknownHookError(name, self.cache_dict)
 
     def _final_layer(self, layer: Optional[int], allow_final: bool = True) -> int:
@@ -93,7 +95,7 @@ class CacheAnalysisMixin:
         layer = self._final_layer(layer)
         n_layers = self.model.cfg.n_layers
         if mlp_input and layer == n_layers:
-            raise ValueError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
+            raise InputError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
         parts, labels = [], []
         for l in range(layer + 1):
             if l == n_layers:
@@ -125,11 +127,11 @@ class CacheAnalysisMixin:
     ) -> Stack | tuple[Stack, list[str]]:
         """The residual stream at ``layer`` split into embeddings and each attention / MLP output."""
         if mode not in ("all", "mlp", "attn"):
-            raise ValueError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}")
+            raise InputError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}")
         pos_slice = as_slice(pos_slice)
         layer = self._final_layer(layer)
         if mlp_input and layer == self.model.cfg.n_layers:
-            raise ValueError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
+            raise InputError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
         incl_attn = mode != "mlp"
         incl_mlp = mode != "attn" and not self.model.cfg.attn_only
         parts, labels = [], []
@@ -151,7 +153,7 @@ class CacheAnalysisMixin:
             parts.append(self._get(("attn_out", layer)))
             labels.append(f"{layer}_attn_out")
         if not parts:
-            raise ValueError(f"decompose_resid(layer={layer}, mode={mode!r}, incl_embeds={incl_embeds}) has no components")
+            raise InputError(f"decompose_resid(layer={layer}, mode={mode!r}, incl_embeds={incl_embeds}) has no components")
         stack = np.stack([slice_dim(pos_slice, p, -2) for p in parts])
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice, mlp_input=mlp_input)
@@ -217,7 +219,7 @@ class CacheAnalysisMixin:
         """``activation_name`` of every layer below ``layer``, stacked on a new first axis."""
         layer = self._final_layer(layer)
         if layer == 0:
-            raise ValueError("stack_activation(layer=0) covers no layers; use a layer in 1..n_layers or -1")
+            raise InputError("stack_activation(layer=0) covers no layers; use a layer in 1..n_layers or -1")
         return np.stack([self._get((activation_name, l, sublayer_type)) for l in range(layer)])
 
     # ---- neurons ----------------------------------------------------------------------------------
@@ -352,7 +354,7 @@ class CacheAnalysisMixin:
         try:
             np.broadcast_shapes(residual_stack.shape[1:], scale.shape)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"residual_stack {residual_stack.shape} does not match the cached ln scale {scale.shape} "
                 "(component, batch..., pos, d_model): pass the pos_slice/batch_slice the stack was built with"
             ) from None
@@ -375,7 +377,7 @@ class CacheAnalysisMixin:
         if incorrect_tokens is not None:
             shapes = [_token_shape(tokens), _token_shape(incorrect_tokens)]
             if shapes[0] != shapes[1]:
-                raise ValueError(
+                raise InputError(
                     f"tokens and incorrect_tokens must have the same shape! "
                     f"(tokens.shape={shapes[0]}, incorrect_tokens.shape={shapes[1]})"
                 )
@@ -386,7 +388,7 @@ class CacheAnalysisMixin:
         try:
             np.broadcast_shapes(scaled.shape, directions.shape)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"tokens give directions of shape {directions.shape}, which do not broadcast against the "
                 f"residual stack {scaled.shape}: pass one token, or tokens shaped like the stack's batch/pos dims"
             ) from None
@@ -406,7 +408,7 @@ class CacheAnalysisMixin:
         """The residual stream at ``layer`` as heads, neurons (or MLP outputs), embeddings and the biases."""
         layer = self._final_layer(layer)
         if mlp_input and layer == self.model.cfg.n_layers:
-            raise ValueError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
+            raise InputError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
         pos_slice = as_slice(pos_slice)
         project, squeeze = _projection_2d(project_output_onto)
         ln_folded = apply_ln and project is not None

@@ -6,6 +6,7 @@ import numpy as np
 from jaxtyping import Float
 
 from graphlens.analysis.factored_matrix import FactoredMatrix
+from graphlens.errors import InputError
 
 
 def composition_scores(
@@ -22,7 +23,7 @@ def composition_scores(
         for i in range(r_leading):
             left = left.unsqueeze(i + l_leading)
     if left.rdim != right.ldim:
-        raise ValueError(f"composition scores need left.rdim == right.ldim; shapes were {left.shape} and {right.shape}")
+        raise InputError(f"composition scores need left.rdim == right.ldim; shapes were {left.shape} and {right.shape}")
     new_left, new_right = left.collapse_l(), right.collapse_r()
     norm = lambda m: np.linalg.norm(m, axis=(-2, -1))
     return norm(new_left @ new_right) / norm(new_right) / norm(new_left)

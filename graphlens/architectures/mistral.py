@@ -3,6 +3,8 @@ Mistral's 4096-token sliding window, so attention is plain causal attention with
 
 from __future__ import annotations
 
+from graphlens.errors import UnsupportedArchitectureError
+
 from graphlens.architectures.llama import base_config, llama_like
 
 
@@ -12,7 +14,7 @@ N_CTX = 2048  # TransformerLens caps Mistral's context
 def config_from_hf(hf: dict) -> dict:
     window = hf.get("sliding_window")
     if window and window < N_CTX:
-        raise ValueError(
+        raise UnsupportedArchitectureError(
             f"Mistral with a sliding window ({window}) shorter than its context ({N_CTX}) is not supported yet"
         )
     return {**base_config(hf, "MistralForCausalLM"), "n_ctx": N_CTX, "final_rms": False}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from graphlens.errors import UnsupportedArchitectureError
+
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, rope_parameters, standard_dims
 from graphlens.architectures.params import (LINEAR_OUT, PER_HEAD_QKV, PER_HEAD_QKV_BIAS, QKV, QKV_BIASES, Param, ParamTable,
                                             linear_mlp_rows, norm_rows, unembed_rows)
@@ -9,7 +11,7 @@ from graphlens.architectures.params import (LINEAR_OUT, PER_HEAD_QKV, PER_HEAD_Q
 
 def config_from_hf(hf: dict) -> dict:
     if not hf.get("use_parallel_residual", True):
-        raise ValueError("GPT-NeoX with use_parallel_residual=False is not supported yet (only parallel blocks)")
+        raise UnsupportedArchitectureError("GPT-NeoX with use_parallel_residual=False is not supported yet (only parallel blocks)")
     dims = standard_dims(hf)
     return dict(
         **dims,

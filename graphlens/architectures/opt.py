@@ -6,6 +6,8 @@ TransformerLens'); the MLP runs on flattened tokens, whose sites are viewed back
 
 from __future__ import annotations
 
+from graphlens.errors import UnsupportedArchitectureError
+
 import numpy as np
 
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, standard_dims
@@ -16,9 +18,9 @@ POSITION_OFFSET = 2  # OPT's position embedding table starts with two unused row
 
 def config_from_hf(hf: dict) -> dict:
     if not hf.get("do_layer_norm_before", True):
-        raise ValueError("OPT with do_layer_norm_before=False (opt-350m) is not supported: TransformerLens has no post-norm OPT")
+        raise UnsupportedArchitectureError("OPT with do_layer_norm_before=False (opt-350m) is not supported: TransformerLens has no post-norm OPT")
     if hf.get("word_embed_proj_dim", hf["hidden_size"]) != hf["hidden_size"]:
-        raise ValueError("OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
+        raise UnsupportedArchitectureError("OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
     return dict(
         **standard_dims(hf, d_mlp_key="ffn_dim"),
         act_fn=hf["activation_function"],

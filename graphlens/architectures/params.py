@@ -13,6 +13,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from graphlens.errors import BundleError
 from graphlens.architectures.base import Params, TLWeights, heads_from_linear, heads_to_linear, merge_heads, split_heads
 
 
@@ -125,7 +126,7 @@ class ParamTable:
             elif row.missing == "skip":
                 continue
             else:
-                raise KeyError(f"the model has no parameter {hf!r}")
+                raise BundleError(f"the model has no parameter {hf!r}")
             tl.update(zip(names, row.layout.to_tl(array, cfg)))
         return tl
 

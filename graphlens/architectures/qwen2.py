@@ -5,12 +5,14 @@ fold_value_biases moves b_V into b_O, so ``o_proj`` gets a (zero) bias at export
 
 from __future__ import annotations
 
+from graphlens.errors import UnsupportedArchitectureError
+
 from graphlens.architectures.llama import base_config, llama_like
 
 
 def config_from_hf(hf: dict) -> dict:
     if hf.get("use_sliding_window"):
-        raise ValueError("Qwen2 with use_sliding_window=True is not supported yet")
+        raise UnsupportedArchitectureError("Qwen2 with use_sliding_window=True is not supported yet")
     return {**base_config(hf, "Qwen2ForCausalLM"), "default_prepend_bos": False, "tokenizer_prepends_bos": True}
 
 

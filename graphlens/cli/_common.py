@@ -7,13 +7,12 @@ import numpy as np
 
 
 def load_model(bundle: str, device: str | None = None):
-    """``HookedTransformer.from_pretrained(bundle)`` with load errors as one-line CLI errors."""
+    """``HookedTransformer.from_pretrained(bundle)`` (graphlens errors become one-line CLI errors in ``cli.main``)."""
     from graphlens import HookedTransformer
-    from graphlens.bundle import BundleError
 
     try:
         return HookedTransformer.from_pretrained(bundle, device=device)
-    except (BundleError, OSError, ImportError) as err:
+    except ImportError as err:
         raise click.ClickException(str(err)) from None
 
 

@@ -22,15 +22,14 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "py
               "--no-external-data: a single-file model.onnx (decoder.onnx then holds its own copy).")
 @click.option("--patch-sites", type=click.Choice(["all", "resid", "none"]), default="all", show_default=True,
               help="Sites that get .patch/.patch_mask/.add inputs (resid: the residual stream only).")
+@click.option("--force", is_flag=True, help="Replace the bundle already in OUTPUT (a folder holding anything else is never replaced).")
 def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data,
-           patch_sites):
+           patch_sites, force):
     """Export MODEL (a hub id such as gpt2, or a local HF folder) to a graphlens bundle.
 
     Without MODEL, exports the small trained model shipped in models/shipped/pydoc-gpt2.
     """
     from graphlens.export.pipeline import export_bundle
-    from graphlens.export.source import ExportError
-    from graphlens.architectures import UnsupportedArchitectureError
     from graphlens.rewrite.weights import Processing
 
     if model is None:
@@ -40,10 +39,7 @@ def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_
         output = output or "models/pydoc-gpt2"
         click.echo(f"No MODEL given: exporting the shipped demo model {SHIPPED_MODEL.name}.", err=True)
     processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
-    try:
-        out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data,
-                            patch_sites=patch_sites)
-    except (ExportError, UnsupportedArchitectureError) as err:
-        raise click.ClickException(str(err)) from None
+    out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data,
+                        patch_sites=patch_sites, overwrite=force)
     click.echo(str(out))
 

@@ -21,22 +21,23 @@ import click
 def generate(bundle, prompt, max_new_tokens, temperature, top_k, top_p, min_p, freq_penalty, seed, greedy, stop_at_eos,
              device):
     """Continue PROMPT with the model in BUNDLE (a bundle folder or a model name), printing tokens as they come."""
-    from graphlens import HookedTransformer
-    from graphlens.bundle import BundleError
+    from graphlens.cli._common import load_model, prompt_tokens
 
-    try:
-        model = HookedTransformer.from_pretrained(bundle, device=device)
-    except (BundleError, OSError) as err:
-        raise click.ClickException(str(err)) from None
-    if model.tokenizer is None:
-        raise click.ClickException(f"{bundle} has no tokenizer, so it cannot read a text prompt")
-    tokens = model.to_tokens(prompt)
+    ctx = click.get_current_context()
+    sampling = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_k", "top_p", "min_p", "freq_penalty", "seed")
+                if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if greedy and sampling:
+        raise click.UsageError(f"--greedy takes the most likely token; it cannot be combined with {', '.join(sampling)}")
+    model = load_model(bundle, device)
+    tokens = prompt_tokens(model, prompt)
     decode = lambda ids: model.tokenizer.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
-    click.echo(decode(tokens[0]), nl=False)
     generated: list[int] = []
-    printed = [""]
+    printed: list[str] = []  # empty until the first token: an error before it prints nothing but itself
 
     def stream(new, final: bool = False) -> None:
+        if not printed:
+            click.echo(decode(tokens[0]), nl=False)
+            printed.append("")
         # decode the whole continuation: a character may span several byte-level tokens, so an incomplete
         # one (U+FFFD at the end) waits for the next token
         if new is not None:
@@ -47,11 +48,8 @@ def generate(bundle, prompt, max_new_tokens, temperature, top_k, top_p, min_p, f
             click.echo(stable[len(printed[0]):], nl=False)
             printed[0] = stable
 
-    try:
-        model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature,
-                       top_k=top_k, top_p=top_p, min_p=min_p, freq_penalty=freq_penalty, seed=seed,
-                       stop_at_eos=stop_at_eos, verbose=False, on_token=stream)
-    except (BundleError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature,
+                   top_k=top_k, top_p=top_p, min_p=min_p, freq_penalty=freq_penalty, seed=seed,
+                   stop_at_eos=stop_at_eos, verbose=False, on_token=stream)
     stream(None, final=True)
     click.echo()

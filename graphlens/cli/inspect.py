@@ -24,16 +24,22 @@ def graph_inputs(model_file: Path) -> set[str]:
     """Names of the ONNX graph's inputs (without loading external weight data)."""
     import onnx
 
-    proto = onnx.load(str(model_file), load_external_data=False)
+    from graphlens.errors import BundleError
+
+    try:
+        proto = onnx.load(str(model_file), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError, OSError: not a model
+        raise BundleError(f"{model_file} is not a readable ONNX model ({type(err).__name__}); export the bundle again") from err
     return {i.name for i in proto.graph.input}
 
 
 def bundle_summary(bundle: Path) -> dict:
     """The manifest's facts plus which substitution inputs the graph really has and the file sizes."""
     from graphlens.bundle import read_manifest
+    from graphlens.bundle_files import inside
 
     manifest = read_manifest(bundle)
-    inputs = graph_inputs(bundle / manifest["model_file"])
+    inputs = graph_inputs(inside(bundle, manifest["model_file"], "model_file"))
     hooks = [
         {"name": h["name"], "shape": h["shape"], "dtype": h["dtype"],
          "inputs": {kind: name in inputs for kind, name in h["inputs"].items()}}
@@ -45,6 +51,7 @@ def bundle_summary(bundle: Path) -> dict:
         "architecture": manifest["architecture"],
         "source": manifest.get("source", {}),
         "format_version": manifest["format_version"],
+        "intervention": manifest.get("intervention"),
         "graphlens_version": manifest.get("graphlens_version"),
         "dtype": manifest["dtype"],
         "opset": manifest.get("opset"),
@@ -64,12 +71,7 @@ def bundle_summary(bundle: Path) -> dict:
 @click.option("--hooks/--no-hooks", default=True, show_default=True, help="List every hook.")
 def inspect(bundle, as_json, hooks):
     """Show what BUNDLE holds: config, hooks (shapes, patch/add inputs), graph inputs/outputs, file sizes."""
-    from graphlens.bundle import BundleError
-
-    try:
-        summary = bundle_summary(Path(bundle))
-    except BundleError as err:
-        raise click.ClickException(str(err)) from None
+    summary = bundle_summary(Path(bundle))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
@@ -89,8 +91,11 @@ def inspect(bundle, as_json, hooks):
         click.echo(title)
         for io in summary[title]:
             click.echo(f"  {io['name']}  {io['dtype']}  {_shape(io['shape'])}")
+    if summary["intervention"]:
+        entries = summary["intervention"].get("entries") or []
+        click.echo(f"intervention  {len(entries)} entries compiled in from {summary['intervention'].get('source_bundle')}")
     click.echo(f"hooks         {len(summary['hooks'])}")
-    if hooks:
+    if hooks and summary["hooks"]:
         name_w = max(len(h["name"]) for h in summary["hooks"])
         shape_w = max(len(_shape(h["shape"])) for h in summary["hooks"])
         click.echo(f"  {'name':<{name_w}}  {'shape':<{shape_w}}  patch  patch_mask  add")

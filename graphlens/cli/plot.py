@@ -23,10 +23,19 @@ KINDS = ("attention", "logit-lens", "head-attribution", "attention-html")
 @click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 def plot(bundle, prompt, kind, layer, heads, target, output, dpi, device):
-    """Draw a figure of BUNDLE on PROMPT and save it (PNG, or HTML for attention-html)."""
+    """Draw a figure of BUNDLE on PROMPT and save it in the format OUTPUT's suffix names (.png, .jpg, .pdf, .svg, ...;
+    .html for attention-html)."""
     from graphlens import plot as gplot
 
     output = Path(output or f"{kind}.{'html' if kind == 'attention-html' else 'png'}")
+    if kind == "attention-html" and output.suffix.lower() not in (".html", ".htm"):
+        raise click.BadParameter(f"{output.name}: attention-html writes an HTML page; give a path ending in .html",
+                                 param_hint="--output")
+    if kind != "attention-html":
+        try:
+            gplot.image_format(output)  # refuse a suffix matplotlib cannot write before the model runs
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--output") from None
     model = load_model(bundle, device)
     tokens = prompt_tokens(model, prompt)
     str_tokens = model.to_str_tokens(tokens[0])

@@ -19,12 +19,15 @@ from graphlens.bundle import (
     FORMAT,
     FORMAT_VERSION,
     MODEL_FILE,
+    check_destination,
     write_manifest,
     writing_bundle,
 )
 from graphlens.dtypes import dtype_name
+from graphlens.errors import ExportError, InputError
 from graphlens.export.decoder import DECODER_FILE
 from graphlens.export.external import ExportWeights, WeightsFile, inline_weights, point_at_weights
+from graphlens.export.quiet import quietly
 from graphlens.export.source import load_hf_config, load_hf_model, save_tokenizer
 from graphlens.rewrite.apply_weights import bypass_removed, missing_param_error
 from graphlens.rewrite.instrument import (
@@ -45,7 +48,7 @@ def _forward_order(hooks: list[str], arch, cfg: dict) -> list[str]:
     """The graph's hooks in TransformerLens' forward order (graph order interleaves parallel blocks)."""
     expected = arch.hook_names(cfg["n_layers"])
     if set(hooks) != set(expected):
-        raise RuntimeError(
+        raise ExportError(
             f"the {arch.name} adapter declares sites the export did not mark, or the reverse: "
             f"missing {sorted(set(expected) - set(hooks))[:5]}, unexpected {sorted(set(hooks) - set(expected))[:5]}"
         )
@@ -85,6 +88,7 @@ def _finish_graph(graph: gs.Graph, removed: set[str], weights: WeightsFile) -> o
     return proto
 
 
+@quietly
 def export_bundle(
     source: str,
     out_dir: str | Path | None = None,
@@ -92,7 +96,7 @@ def export_bundle(
     dtype: object = "float32",
     opset: int = 18,
     external_data: bool | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     decoder: bool = True,
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
     patch_sites: str = "all",
@@ -107,14 +111,15 @@ def export_bundle(
     ``patch_sites``: which sites get ``.patch``/``.patch_mask``/``.add`` inputs: "all", "resid"
     (residual stream sites only) or "none" (every site is still an output).
     ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
+    ``overwrite``: replace a bundle already at ``out_dir`` (anything else there is never replaced; see
+    ``bundle_write``).
     """
     report = progress or (lambda *a: None)
     if patch_sites not in PATCH_SITE_CHOICES:
-        raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
+        raise InputError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
     dtype = dtype_name(dtype)
     out = Path(out_dir) if out_dir is not None else default_output_dir(source)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) or another output folder")
+    check_destination(out, overwrite)  # before the slow part
     steps, started = 6, time.perf_counter()
 
     report(1, steps, f"loading {source}")
@@ -143,7 +148,7 @@ def export_bundle(
     del proto
     hooks = _forward_order(instrument_sites(graph, cfg, patch_sites), arch, cfg)
 
-    with writing_bundle(out) as tmp:
+    with writing_bundle(out, overwrite) as tmp:
         report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})"
                          f" into {EXTERNAL_DATA_FILE}")
         data = WeightsFile(tmp / EXTERNAL_DATA_FILE)

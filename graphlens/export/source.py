@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from graphlens.architectures import architecture_for
 from graphlens.errors import ExportError
+
+_CONNECT_TIMEOUT_S = 3.0
 
 
 def _hub_unreachable(model_id: str, err: Exception) -> ExportError:
@@ -31,6 +35,27 @@ def _quiet_hub():
         hub_logger.setLevel(level)
 
 
+def _hub_kwargs(source: str) -> dict:
+    """``from_pretrained`` keyword arguments for ``source``: {} for a local folder or a reachable Hub;
+    ``local_files_only`` when the Hub cannot be reached but the HF cache holds the model; else fails fast.
+
+    ``HF_HUB_OFFLINE`` is honoured (transformers then reads only the cache); otherwise one TCP connect
+    with a short timeout decides, instead of the libraries' retries.
+    """
+    if Path(source).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return {}
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=_CONNECT_TIMEOUT_S).close()
+        return {}
+    except OSError as err:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return {"local_files_only": True}
+        raise _hub_unreachable(source, err) from err
+
+
 def load_hf_config(source: str) -> dict:
     """The model's ``config.json`` as a dict; checks that graphlens supports its architecture."""
     from transformers import AutoConfig
@@ -41,7 +66,7 @@ def load_hf_config(source: str) -> dict:
             raise ExportError(f"{source} is neither a graphlens bundle nor an HF model folder (no config.json)")
     try:
         with _quiet_hub():
-            config = AutoConfig.from_pretrained(source).to_dict()
+            config = AutoConfig.from_pretrained(source, **_hub_kwargs(source)).to_dict()
     except OSError as err:
         if path.exists():
             raise ExportError(f"cannot read the HF config in {source}: {err}") from err
@@ -55,7 +80,8 @@ def load_hf_model(source: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), attn_implementation="eager",
+                                                     **_hub_kwargs(source))
     except OSError as err:
         if Path(source).exists():
             raise
@@ -74,7 +100,7 @@ def save_tokenizer(source: str, out_dir: Path) -> list[str]:
     if local.exists() and not any((local / f).exists() for f in _TOKENIZER_FILES):
         return []  # transformers would invent a default tokenizer for a folder without one
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
     except (OSError, ValueError, TypeError):
         return []
     if not getattr(tokenizer, "is_fast", False):

@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from graphlens.architectures.base import Architecture
 from graphlens.rewrite.weights import Processing, process_stream
+from graphlens.errors import InputError
 
 
 def graph_params(graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -39,9 +40,9 @@ def bypass_removed(graph: gs.Graph, removed: set[str]) -> None:
     graph.cleanup().toposort()
 
 
-def missing_param_error(name: str, arch: Architecture) -> ValueError:
+def missing_param_error(name: str, arch: Architecture) -> InputError:
     """A bias HF lacks (zeros in TL's state dict) that processing made non-zero, with nowhere to go."""
-    return ValueError(
+    return InputError(
         f"weight processing gives {name!r} non-zero values but the graph has no such parameter; "
         f"the {arch.name} adapter must list its module in zero_biases"
     )

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from graphlens.export_names import PATCH_SUFFIXES, input_name
 from graphlens.sites import concrete_shape, kind_of
+from graphlens.errors import InputError
 
 MARKER_DOMAIN, MARKER_OP = "graphlens", "Site"
 
@@ -41,7 +42,7 @@ PATCH_SITE_CHOICES = ("all", "resid", "none")
 def has_patch_inputs(name: str, patch_sites: str) -> bool:
     """Whether site ``name`` gets substitution inputs under the export option ``patch_sites``."""
     if patch_sites not in PATCH_SITE_CHOICES:
-        raise ValueError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
+        raise InputError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")
     return patch_sites == "all" or (patch_sites == "resid" and kind_of(name).suffix.startswith("hook_resid_"))
 
 

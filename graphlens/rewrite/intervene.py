@@ -17,6 +17,7 @@ in spec order, as a permanent hook would.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -52,14 +53,27 @@ def load_spec(spec) -> tuple[list[dict], Path]:
     """Entries from a JSON/YAML file path, or a list of dicts; plus the folder value files are relative to."""
     if isinstance(spec, (list, tuple)):
         return list(spec), Path.cwd()
+    if not isinstance(spec, (str, os.PathLike)):
+        raise SpecError(f"a spec is a JSON/YAML file path or a list of entries, not {type(spec).__name__}")
     path = Path(spec)
     if not path.is_file():
         raise SpecError(f"intervention spec {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read the intervention spec {path} ({err})") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        entries = yaml.safe_load(text)
+        try:
+            import yaml
+        except ImportError:
+            raise SpecError(f"{path}: reading a YAML spec needs PyYAML: pip install pyyaml (or write the spec as JSON)") from None
+        try:
+            entries = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            mark = getattr(err, "problem_mark", None)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise SpecError(f"{path} is not valid YAML{at}: {first}") from None
     else:
         try:
             entries = json.loads(text)
@@ -72,8 +86,11 @@ def load_spec(spec) -> tuple[list[dict], Path]:
     return entries, path.parent
 
 
-def parse_spec(entries: Sequence[dict], hooks: Sequence[str], cfg: dict, dtype: str, base: Path) -> list[Intervention]:
-    """Check each entry against the model's hooks and shapes."""
+def parse_spec(
+    entries: Sequence[dict], hooks: Sequence[str], cfg: dict, dtype: str, base: Path, root: Path | None = None
+) -> list[Intervention]:
+    """Check each entry against the model's hooks and shapes; ``value_file`` is read from ``base`` and
+    must stay inside ``root`` (default: ``base``)."""
     out = []
     for i, entry in enumerate(entries):
         where = f"entry {i}"
@@ -89,7 +106,7 @@ def parse_spec(entries: Sequence[dict], hooks: Sequence[str], cfg: dict, dtype: 
         if op not in OPS:
             raise SpecError(f"{where}: op must be one of {', '.join(OPS)}; got {op!r}")
         dims = concrete_shape(kind_of(hook).dims, cfg)
-        value = _value(entry, base, dtype, where)
+        value = _value(entry, base, root if root is not None else base, dtype, where)
         if (value is None) != (op == "zero"):
             raise SpecError(f"{where}: op {op!r} " + ("takes no value" if op == "zero" else "needs value or value_file"))
         if value is not None:
@@ -113,14 +130,31 @@ def parse_spec(entries: Sequence[dict], hooks: Sequence[str], cfg: dict, dtype: 
     return out
 
 
-def _value(entry: dict, base: Path, dtype: str, where: str) -> np.ndarray | None:
+def _value_file(name, base: Path, root: Path, where: str) -> Path:
+    """``base / name``, refused unless it (symlinks followed) lies inside ``root``."""
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{where}: value_file must be a file name (a .npy relative to the spec file)")
+    file = base / name
+    if root.resolve() not in file.resolve().parents:
+        raise SpecError(f"{where}: value_file {name!r} leaves the spec's folder {root}; move the file there "
+                        f"(or widen the allowed folder: value_root=..., CLI --value-root)")
+    if not file.is_file():
+        raise SpecError(f"{where}: value_file {file} does not exist")
+    return file
+
+
+def _value(entry: dict, base: Path, root: Path, dtype: str, where: str) -> np.ndarray | None:
     if "value" in entry and "value_file" in entry:
         raise SpecError(f"{where}: give value or value_file, not both")
     if "value_file" in entry:
-        file = base / entry["value_file"]
-        if not file.is_file():
-            raise SpecError(f"{where}: value_file {file} does not exist")
-        return np.load(file).astype(dtype)
+        file = _value_file(entry["value_file"], base, root, where)
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise SpecError(f"{where}: value_file {file} is not a .npy array ({err})") from None
+        if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise SpecError(f"{where}: value_file {file} must hold a numeric array")
+        return array.astype(dtype)
     if "value" in entry and entry["value"] is not None:
         try:
             return np.asarray(entry["value"], dtype=dtype)

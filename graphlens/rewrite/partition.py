@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Sequence
 import onnx
 
 from graphlens.rewrite.specialise import empty_model_like, needed_nodes, substitution_nodes
+from graphlens.errors import InputError
 
 FREE = -1  # the stage of constants: computed wherever they are needed
 
@@ -54,7 +55,7 @@ def pre_hook_tensor(graph: onnx.GraphProto, site: str) -> str:
     for node in graph.node:
         if node.name == f"{site}.where":
             return node.input[2] if node.op_type == "Where" else node.input[0]
-    raise KeyError(f"the graph has no hook site {site!r}")
+    raise InputError(f"the graph has no hook site {site!r}")
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -83,7 +84,7 @@ def plan(
     types = types if types is not None else value_types(model)
     both = set(hooked) & set(fed)
     if both:
-        raise ValueError(f"sites {sorted(both)} are both hooked and fed substitution inputs; use one or the other")
+        raise InputError(f"sites {sorted(both)} are both hooked and fed substitution inputs; use one or the other")
 
     hooked_names = {f"{site}.{role}" for site in hooked for role in ("where", "add")}
     pre = {site: pre_hook_tensor(graph, site) for site in hooked}
@@ -114,7 +115,7 @@ def plan(
         reads = _reads(node)
         unknown = [t for t in reads if t not in stage]
         if unknown:
-            raise ValueError(f"cannot partition: node {node.name} reads {unknown}, which nothing computes")
+            raise InputError(f"cannot partition: node {node.name} reads {unknown}, which nothing computes")
         s = max((0 if t in light else stage[t] for t in reads), default=FREE)
         if s == 0 and _recomputable(node, stage, light, types, wanted):
             s = FREE
@@ -194,7 +195,7 @@ def _part_model(model, nodes, inputs, outputs, types) -> onnx.ModelProto:
     g.node.extend(nodes)
     missing = [name for name in inputs + outputs if name not in types]
     if missing:
-        raise ValueError(f"cannot partition: no type known for tensors {missing}")
+        raise InputError(f"cannot partition: no type known for tensors {missing}")
     g.input.extend(types[name] for name in inputs)
     g.output.extend(types[name] for name in outputs)
     read = {t for n in nodes for t in _reads(n)}

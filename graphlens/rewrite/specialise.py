@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import onnx
 
 from graphlens.export_names import PATCH_SUFFIXES, input_name
+from graphlens.errors import InputError
 
 # What a request may feed at a site: "patch" (patch + patch_mask) and/or "add".
 FEED_KINDS = ("patch", "add")
@@ -94,6 +95,6 @@ def specialise(
     g.initializer.extend(i for i in graph.initializer if i.name in needed and i.name not in fed_inputs)
     missing = [name for name in outputs if name not in value_infos]
     if missing:
-        raise KeyError(f"the graph has no outputs named {missing}")
+        raise InputError(f"the graph has no outputs named {missing}")
     g.output.extend(value_infos[name] for name in outputs)
     return out

@@ -9,6 +9,7 @@ import numpy as np
 from graphlens.analysis.cache_methods import CacheAnalysisMixin
 from graphlens.runtime.session import resolve_device
 from graphlens.sites import UnknownHookError, get_act_name
+from graphlens.errors import InputError, InputTypeError
 
 
 class ActivationCache(CacheAnalysisMixin):
@@ -37,13 +38,10 @@ class ActivationCache(CacheAnalysisMixin):
             if isinstance(layer, (int, np.integer)) and layer < 0:
                 layer = self.model.cfg.n_layers + int(layer)
             return get_act_name(name, layer, layer_type)
-        raise TypeError(f"cache keys are hook names or (name, layer[, layer_type]) tuples, not {type(key).__name__}")
+        raise InputTypeError(f"cache keys are hook names or (name, layer[, layer_type]) tuples, not {type(key).__name__}")
 
     def __getitem__(self, key) -> np.ndarray:
-        name = self._resolve(key)
-        if name not in self.cache_dict:
-            raise UnknownHookError(name, self.cache_dict)
-        return self.cache_dict[name]
+        return self._get(key)
 
     def __contains__(self, key) -> bool:
         try:
@@ -86,7 +84,7 @@ class ActivationCache(CacheAnalysisMixin):
             return self
         for name, value in self.cache_dict.items():
             if value.shape[0] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1; {name} has batch size {value.shape[0]}")
+                raise InputError(f"remove_batch_dim needs batch size 1; {name} has batch size {value.shape[0]}")
             self.cache_dict[name] = value[0]
         self.has_batch_dim = False
         return self
@@ -96,6 +94,6 @@ class ActivationCache(CacheAnalysisMixin):
         if batch_slice is None:
             return ActivationCache(dict(self.cache_dict), self.model, self.has_batch_dim)
         if not self.has_batch_dim:
-            raise ValueError("this cache has no batch dimension")
+            raise InputError("this cache has no batch dimension")
         sliced = {name: value[batch_slice] for name, value in self.cache_dict.items()}
         return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice, (int, np.integer)))

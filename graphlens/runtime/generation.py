@@ -14,13 +14,14 @@ from typing import Callable, Literal, Mapping, Sequence, Union
 import numpy as np
 from jaxtyping import Int
 
-from graphlens.errors import InputError
 from graphlens.export_names import PATCH_SUFFIXES
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.inputs import as_numpy, check_tokens
 from graphlens.runtime.kv_decoder import KVDecoder, load_decoder_graph
-from graphlens.runtime.sampling import sample_logits
-from graphlens.sites import UnknownHookError, kind_of
+from graphlens.runtime.sampling import check_sampling_options, sample_logits
+from graphlens.runtime.feeds import feed_site
+from graphlens.sites import concrete_shape, kind_of
+from graphlens.errors import InputError, InputTypeError
 
 Seed = Union[None, int, np.random.Generator]
 
@@ -78,20 +79,23 @@ class GenerationMixin:
 
     def _generation_feeds(self, feeds: Mapping[str, np.ndarray] | None) -> tuple[dict, dict]:
         """Check substitution feeds and give each the rank of its site (a [d_model] vector works)."""
+        if feeds is not None and not isinstance(feeds, Mapping):
+            raise InputTypeError(f"feeds must be a dict of input name → array, not {type(feeds).__name__}")
         arrays, fed = {}, {}
         for name, value in (feeds or {}).items():
-            hook, _, kind = name.rpartition(".")
-            if kind not in PATCH_SUFFIXES:
-                raise ValueError(f"feed {name!r} must be named <hook>.patch, <hook>.patch_mask or <hook>.add")
-            if hook not in self.hook_dict:
-                raise UnknownHookError(hook, self.hook_names)
-            array = as_numpy(value)
-            rank = len(kind_of(hook).dims)
-            if array.ndim > rank:
-                raise ValueError(f"feed {name!r} has {array.ndim} dims; {hook} has {rank}")
-            arrays[name] = array.reshape((1,) * (rank - array.ndim) + array.shape).astype(
-                bool if kind == "patch_mask" else self.cfg.dtype, copy=False)
+            hook, kind, array = feed_site(name, value, self)
+            dims = concrete_shape(kind_of(hook).dims, self.cfg.to_dict())
+            if array.ndim > len(dims):
+                raise InputError(f"feed {name!r} has {array.ndim} dims; {hook} has {len(dims)}")
+            array = array.reshape((1,) * (len(dims) - array.ndim) + array.shape)
+            # every step runs a batch of the prompt's size over the new positions: only fixed dims are known here
+            if any(a != 1 and isinstance(d, int) and a != d for a, d in zip(array.shape, dims)):
+                raise InputError(f"feed {name!r} has shape {array.shape}, which does not broadcast to {hook}'s {dims}")
+            arrays[name] = array
             fed.setdefault(hook, set()).add("add" if kind == "add" else "patch")
+        for hook, kinds in fed.items():
+            if "patch" in kinds and not {f"{hook}.patch", f"{hook}.patch_mask"} <= set(arrays):
+                raise InputError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
         return arrays, fed
 
     def _generation_tokens(self, input, prepend_bos, padding_side) -> tuple[np.ndarray, np.ndarray, str]:
@@ -117,7 +121,7 @@ class GenerationMixin:
         tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         if eos_token_id is None:
             if tok_eos is None:
-                raise ValueError("stop_at_eos needs an eos_token_id: pass eos_token_id=... or stop_at_eos=False")
+                raise InputError("stop_at_eos needs an eos_token_id: pass eos_token_id=... or stop_at_eos=False")
             eos_token_id = tok_eos
         if isinstance(eos_token_id, (int, np.integer)):
             return [int(eos_token_id)], int(eos_token_id)
@@ -159,16 +163,19 @@ class GenerationMixin:
         ``hooks()``) run at every step on the new positions, as TransformerLens' hooks with its KV cache.
         """
         _drop_hf_kwargs(generation_kwargs)
+        _check_generation_options(self, max_new_tokens, eos_token_id, seed, on_token)
+        if do_sample:
+            check_sampling_options(top_k, top_p, min_p, temperature, freq_penalty)
         if return_type not in ("input", "str", "tokens"):
-            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
+            raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
                              "(graphlens generates from tokens: 'embeds' is not supported)")
         tokens, mask, input_type = self._generation_tokens(input, prepend_bos, padding_side)
         if return_type == "input":
             return_type = input_type
         if return_type == "str" and self.tokenizer is None:
-            raise ValueError("return_type='str' needs a tokenizer; this bundle has none: use return_type='tokens'")
+            raise InputError("return_type='str' needs a tokenizer; this bundle has none: use return_type='tokens'")
         if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
-            raise ValueError(f"{tokens.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
+            raise InputError(f"{tokens.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
                              f"context n_ctx={self.cfg.n_ctx}; generate fewer tokens or shorten the prompt")
         stop_tokens, eos_pad = self._stop_tokens(stop_at_eos, eos_token_id)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -239,6 +246,25 @@ def _drop_hf_kwargs(kwargs: dict) -> None:
     if unsupported:
         warnings.warn(f"HookedTransformer.generate received unsupported generation kwargs; ignoring: {unsupported}",
                       UserWarning, stacklevel=3)
+def _check_generation_options(model, max_new_tokens, eos_token_id, seed, on_token) -> None:
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, (bool, np.bool_)):
+        raise InputTypeError(f"max_new_tokens must be an integer, not {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+    if eos_token_id is not None:
+        ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else eos_token_id
+        try:
+            ids = list(ids)
+        except TypeError:
+            raise InputTypeError(f"eos_token_id must be an int or a list of ints, not {type(eos_token_id).__name__}") from None
+        vocab = model.cfg.d_vocab_out
+        if not ids or any(not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i < vocab for i in ids):
+            raise InputError(f"eos_token_id must be token ids in [0, {vocab}); got {eos_token_id!r}")
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise InputError(f"seed must be a non-negative int or a numpy Generator, got {seed!r}")
+    if on_token is not None and not callable(on_token):
+        raise InputTypeError(f"on_token must be callable, not {type(on_token).__name__}")
 
 
 def _progress(total: int, verbose: bool):

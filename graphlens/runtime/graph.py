@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Callable, Iterable, Mapping, TypeVar
 
@@ -54,15 +55,18 @@ class BundleGraph:
         key = (outputs, fed_key)
         return self.cached(key, lambda: self.compile(specialise(self.proto, outputs, dict(fed_key))))
 
-    def compile(self, model: onnx.ModelProto, spinning: bool = True) -> ort.InferenceSession:
+    def compile(self, model: onnx.ModelProto, spinning: bool = True, arena: bool = True) -> ort.InferenceSession:
         """A session for ``model`` (a graph derived from this one), reading the shared weights.
 
         ``spinning=False`` for sessions that run one after another (the parts of a partitioned run):
         idle threads of the previous part would otherwise spin and take the cores from the next one.
+        ``arena=False``: no CPU memory arena, so a run's memory is freed when it ends and what one run
+        takes can be measured (patching's memory budget); slower on large tensors.
         """
         options = session_options()
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = arena
         names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
@@ -90,6 +94,11 @@ class BundleGraph:
         if len(self._sessions) > self._max_sessions:
             self._sessions.popitem(last=False)
         return value
+
+    @functools.cached_property
+    def tensor_names(self) -> frozenset[str]:
+        """Every tensor a run may ask for: graph outputs and the outputs of every node."""
+        return frozenset(self.output_names) | {out for node in self.proto.graph.node for out in node.output}
 
     @property
     def types(self) -> dict[str, onnx.ValueInfoProto]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from graphlens.sites import split_name
+from graphlens.errors import InputError, InputTypeError, NotSupportedError
 
 # fn(activation: np.ndarray, hook: HookPoint) -> np.ndarray | None
 HookFunction = Callable
@@ -22,9 +23,9 @@ class LensHandle:
 
 def _no_backward(dir: str) -> None:
     if dir not in ("fwd", "bwd", "both"):
-        raise ValueError(f"Invalid direction {dir!r}: use 'fwd' (graphlens has no backward pass)")
+        raise InputError(f"Invalid direction {dir!r}: use 'fwd' (graphlens has no backward pass)")
     if dir == "bwd":
-        raise NotImplementedError("graphlens runs inference only: backward hooks (dir='bwd') are not available")
+        raise NotSupportedError("graphlens runs inference only: backward hooks (dir='bwd') are not available")
 
 
 class HookPoint:
@@ -51,7 +52,7 @@ class HookPoint:
         """Add ``hook`` (called as ``hook(activation, hook=self)``); ``prepend`` puts it first."""
         _no_backward(dir)
         if not callable(hook):
-            raise TypeError(f"a hook must be callable, got {type(hook).__name__} (for {self.name})")
+            raise InputTypeError(f"a hook must be callable, got {type(hook).__name__} (for {self.name})")
         handle = LensHandle(hook, is_permanent, level)
         if prepend:
             self.fwd_hooks.insert(0, handle)
@@ -66,7 +67,7 @@ class HookPoint:
     ) -> None:
         """Remove temporary hooks (of ``level`` only, when given); permanent ones too if asked."""
         if dir not in ("fwd", "bwd", "both"):
-            raise ValueError(f"Invalid direction {dir!r}")
+            raise InputError(f"Invalid direction {dir!r}")
         self.fwd_hooks = [
             h
             for h in self.fwd_hooks
@@ -90,7 +91,7 @@ class HookPoint:
         """The block index of this hook (TransformerLens raises for model-level hooks too)."""
         layer, _ = split_name(self.name)
         if layer is None:
-            raise ValueError(f"{self.name} is not inside a block")
+            raise InputError(f"{self.name} is not inside a block")
         return layer
 
     def __repr__(self) -> str:

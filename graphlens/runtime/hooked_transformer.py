@@ -11,8 +11,8 @@ import onnx
 from jaxtyping import Float, Int
 
 from graphlens.architectures import architecture_named
-from graphlens.bundle import BundleError, read_manifest
-from graphlens.errors import InputError
+from graphlens.bundle import BundleError, read_manifest, verify_bundle
+from graphlens.bundle_check import load_graph
 from graphlens.components import ModulesMixin
 from graphlens.facade.kv_forward import KVForwardMixin
 from graphlens.facade.switches import SwitchesMixin
@@ -34,6 +34,7 @@ from graphlens.runtime.tokenizer import TokenizerAdapter
 from graphlens.runtime.weights import WeightsMixin
 from graphlens.sites import UnknownHookError
 from graphlens.slicing import Slice
+from graphlens.errors import InputError, InputTypeError, NotSupportedError
 
 TextOrTokens = Union[str, Sequence[str], np.ndarray, Sequence[Sequence[int]]]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
@@ -69,7 +70,8 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         self.manifest = read_manifest(self.bundle_dir)
         self.architecture = architecture_named(self.manifest["architecture"])
         device = resolve_device(device)
-        proto = onnx.load(str(self.bundle_dir / self.manifest["model_file"]), load_external_data=True)
+        proto = load_graph(self.bundle_dir, self.manifest, self.manifest["model_file"], "model_file",
+                           [h["name"] for h in self.manifest["hooks"]])
         fields = self._apply_missing_processing(proto, processing)
         self.cfg = Config({**fields, "device": device, "dtype": self.manifest["dtype"]})
         self.graph = BundleGraph(proto, device)
@@ -94,6 +96,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         dtype: str | None = None,
         default_prepend_bos: bool | None = None,
         default_padding_side: Literal["left", "right"] | None = None,
+        verify: bool = False,
         **kwargs,
     ) -> "HookedTransformer":
         """Load a bundle folder, or export an HF folder / hub id into the cache on first use.
@@ -102,14 +105,17 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         than asked gets the missing steps applied at load; one that has more cannot be undone.
         ``default_padding_side`` (default: the bundle tokenizer's) and ``default_prepend_bos``
         (default: the config's) set the defaults ``to_tokens`` and ``forward`` use.
+        File sizes are always checked; ``verify=True`` also checks every file's SHA-256.
         """
         if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+            raise InputTypeError(f"unexpected arguments: {', '.join(kwargs)}")
         if default_padding_side not in (None, "left", "right"):
             raise InputError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
         processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases,
                                 refactor_factored_attn_matrices)
         bundle = resolve_bundle(model_name, processing, dtype)
+        if verify:
+            verify_bundle(bundle)
         manifest = read_manifest(bundle)
         if dtype is not None and dtype != manifest["dtype"]:
             raise BundleError(
@@ -164,7 +170,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
     # ---- tokenizer helpers (TransformerLens semantics) ---------------------------------------------
     def _need_tokenizer(self) -> TokenizerAdapter:
         if self.tokenizer is None:
-            raise ValueError(f"bundle {self.bundle_dir} has no tokenizer: pass token ids instead of strings")
+            raise InputError(f"bundle {self.bundle_dir} has no tokenizer: pass token ids instead of strings")
         return self.tokenizer
 
     def to_tokens(
@@ -180,7 +186,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         side = padding_side or tok.padding_side
         if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+            raise InputError(f"padding_side must be 'left' or 'right', got {side!r}")
         return tok.to_tokens(texts, prepend, side, self.cfg.n_ctx if truncate else None)
 
     def to_string(self, tokens) -> str | list[str]:
@@ -204,7 +210,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             tokens = as_numpy(input)
             if tokens.ndim == 2:
                 if tokens.shape[0] != 1:
-                    raise ValueError(f"to_str_tokens takes one sequence; got a batch of {tokens.shape[0]}")
+                    raise InputError(f"to_str_tokens takes one sequence; got a batch of {tokens.shape[0]}")
                 tokens = tokens[0]
             tokens = np.atleast_1d(tokens)
         return tok.decode_each(tokens)
@@ -212,20 +218,20 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
     def to_single_token(self, string: str) -> int:
         tokens = self.to_tokens(string, prepend_bos=False)[0]
         if tokens.shape[0] != 1:
-            raise ValueError(f"{string!r} is {tokens.shape[0]} tokens, not one: {self.to_str_tokens(tokens)}")
+            raise InputError(f"{string!r} is {tokens.shape[0]} tokens, not one: {self.to_str_tokens(tokens)}")
         return int(tokens[0])
 
     def get_token_position(self, single_token, input, mode: str = "first", prepend_bos=None, padding_side=None) -> int:
         tokens = input if not isinstance(input, str) else self.to_tokens(input, prepend_bos, padding_side)
         tokens = np.atleast_2d(as_numpy(tokens))
         if tokens.shape[0] != 1:
-            raise ValueError("get_token_position needs a single sequence")
+            raise InputError("get_token_position needs a single sequence")
         token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
         where = np.nonzero(tokens[0] == token)[0]
         if where.size == 0:
-            raise ValueError(f"token {single_token!r} is not in the input")
+            raise InputError(f"token {single_token!r} is not in the input")
         if mode not in ("first", "last"):
-            raise ValueError(f"mode must be 'first' or 'last', got {mode!r}")
+            raise InputError(f"mode must be 'first' or 'last', got {mode!r}")
         return int(where[0] if mode == "first" else where[-1])
 
     def tokens_from(self, input: TextOrTokens, prepend_bos=None, padding_side=None) -> Int[np.ndarray, "batch pos"]:
@@ -266,18 +272,38 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         ``given`` maps graph tensors to arrays fed instead of computed (``start_at_layer``). Python
         hooks of the ``hooked`` sites (default: every site with hooks) run where the model computes them.
         """
+        tokens = check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx)
+        hooked = self.hooked_sites() if hooked is None else list(hooked)
+        outputs = self._checked_outputs(outputs, allow_empty=bool(hooked))
+        if feeds is not None and not isinstance(feeds, dict):
+            raise InputTypeError(f"feeds must be a dict of input name → array, not {type(feeds).__name__}")
         feeds = dict(feeds or {})
         fed: dict[str, set[str]] = {}
         for name in list(feeds):
             hook, feeds[name] = checked_feed(name, feeds[name], tokens, self)
             fed.setdefault(hook, set()).add("add" if name.endswith(".add") else "patch")
             if "patch" in fed[hook] and not {f"{hook}.patch", f"{hook}.patch_mask"} <= set(feeds):
-                raise ValueError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
-        hooked = self.hooked_sites() if hooked is None else list(hooked)
-        outputs = list(outputs)
+                raise InputError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
         if not hooked and not given and set(outputs) <= set(self.graph.output_names):
             return self.graph.run(outputs, {"input_ids": tokens, **feeds}, fed)
         return run_partitioned(self.graph, hooked, outputs, {"input_ids": tokens, **feeds}, self.call_hooks, given, fed)
+
+    def _checked_outputs(self, outputs, allow_empty: bool) -> list[str]:
+        """``run_graph``'s ``outputs``: hook names, graph outputs ("logits") or other tensors of the graph;
+        empty only when hooks run (they are then what the run is for)."""
+        outputs = [outputs] if isinstance(outputs, str) else outputs
+        try:
+            outputs = list(outputs)
+        except TypeError:
+            raise InputTypeError(f"outputs must be a list of names, not {type(outputs).__name__}") from None
+        if not outputs and not allow_empty:
+            raise InputError(f"outputs is empty: name what to compute, e.g. [{LOGITS!r}] or hook names")
+        for name in outputs:
+            if not isinstance(name, str):
+                raise InputTypeError(f"output names are strings, not {type(name).__name__}")
+            if name not in self.graph.tensor_names:
+                raise UnknownHookError(name, [LOGITS, *self.hook_names])
+        return outputs
 
     def forward(
         self,
@@ -301,21 +327,21 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         ``graphlens.KeyValueCache``; only the new tokens run (see ``graphlens.facade.kv_forward``).
         """
         if shortformer_pos_embed is not None:
-            raise NotImplementedError("shortformer_pos_embed: graphlens has no shortformer models")
+            raise NotSupportedError("shortformer_pos_embed: graphlens has no shortformer models")
         if past_kv_cache is not None:
             step = self._kv_step(input, past_kv_cache, [], prepend_bos, padding_side, attention_mask,
                                  start_at_layer, stop_at_layer, tokens)
             if stop_at_layer is not None:
                 return step.residual
             if return_type in ("loss", "both") and step.tokens is None:
-                raise ValueError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
+                raise InputError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
             return self._format_output(step.logits, step.tokens, return_type, loss_per_token)
         run = bounded_run(self, input, [LOGITS] if return_type is not None else [], start_at_layer, stop_at_layer,
                           tokens, prepend_bos, padding_side)
         if stop_at_layer is not None:
             return run.residual
         if return_type in ("loss", "both") and run.tokens is None:
-            raise ValueError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
+            raise InputError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
         return self._format_output(run.results.get(LOGITS), run.tokens, return_type, loss_per_token, attention_mask)
 
     __call__ = forward
@@ -326,7 +352,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         if return_type == "logits":
             return logits
         if return_type not in ("loss", "both"):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+            raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
@@ -361,7 +387,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         With ``past_kv_cache`` the cache holds the new positions.
         """
         if incl_bwd:
-            raise NotImplementedError("graphlens runs inference only: incl_bwd (gradients) is not available")
+            raise NotSupportedError("graphlens runs inference only: incl_bwd (gradients) is not available")
         names = [n for n in self.hook_names_matching(names_filter)
                  if site_runs(n, self.cfg.n_layers, start_at_layer, stop_at_layer)]
         outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])

@@ -17,7 +17,7 @@ import numpy as np
 from graphlens.runtime.hook_points import HookFunction, HookPoint
 from graphlens.runtime.inputs import as_numpy
 from graphlens.sites import UnknownHookError, split_name
-from graphlens.errors import HookResultError
+from graphlens.errors import HookResultError, InputError, InputTypeError, NotSupportedError
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 HookList = Sequence[tuple[NameOrFilter, HookFunction]]
@@ -54,10 +54,10 @@ class HooksMixin:
                 raise UnknownHookError(name, self.hook_names)
             return [self.hook_dict[name]]
         if not callable(name):
-            raise TypeError(f"a hook name must be a string or a filter function of names, not {type(name).__name__}")
+            raise InputTypeError(f"a hook name must be a string or a filter function of names, not {type(name).__name__}")
         points = [self.hook_dict[n] for n in self.hook_names if name(n)]
         if not points:
-            raise ValueError(
+            raise InputError(
                 f"the filter {getattr(name, '__name__', name)!r} matches none of the model's {len(self.hook_names)} "
                 "hook names; see model.hook_names"
             )
@@ -116,7 +116,7 @@ class HooksMixin:
     ) -> Iterator["HooksMixin"]:
         """Hooks active inside the ``with`` block, removed at its end (unless ``reset_hooks_end=False``)."""
         if bwd_hooks:
-            raise NotImplementedError("graphlens runs inference only: bwd_hooks (gradients) are not available")
+            raise NotSupportedError("graphlens runs inference only: bwd_hooks (gradients) are not available")
         self.context_level += 1
         try:
             for name, hook in fwd_hooks:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from jaxtyping import Float, Int
 
 from graphlens.bundle import BundleError, read_manifest
+from graphlens.bundle_check import load_graph
 from graphlens.rewrite.weights import Processing
 from graphlens.runtime.graph import LOGITS, BundleGraph
 from graphlens.runtime.partitioned import HookCaller, run_partitioned
@@ -29,12 +29,18 @@ def ort_device(device: str) -> tuple[str, int]:
 def load_decoder_graph(model) -> BundleGraph:
     """The decoder graph of ``model``'s bundle, with the weight processing ``model`` was loaded with."""
     entry = model.manifest.get("decoder")
+    if not entry and model.manifest.get("intervention"):
+        source = model.manifest["intervention"].get("source_bundle")
+        raise BundleError(
+            f"{model.bundle_dir} was written by `graphlens intervene` and has no KV-cache decoder graph, so it cannot "
+            f"generate; generate with its source bundle ({source}) and the same change as feeds= or hooks instead"
+        )
     if not entry:
         raise BundleError(
             f"{model.bundle_dir} has no decoder graph (bundles exported before generation support); "
             f"export it again with `graphlens export {model.manifest['source']['model']}`"
         )
-    proto = onnx.load(str(model.bundle_dir / entry["file"]), load_external_data=True)
+    proto = load_graph(model.bundle_dir, model.manifest, entry["file"], "decoder.file", list(entry["hook_names"]))
     # the decoder on disk has the bundle's processing; bring it to what the model was loaded with
     loaded = model.manifest
     model.manifest = read_manifest(model.bundle_dir)

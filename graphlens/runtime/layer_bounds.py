@@ -15,6 +15,7 @@ from jaxtyping import Float
 from graphlens.rewrite.partition import pre_hook_tensor
 from graphlens.runtime.hooks import blocks_run
 from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.errors import InputError, InputTypeError
 
 
 @dataclass
@@ -36,12 +37,12 @@ def residual_before(model, layer: int, graph=None) -> str:
 def _residual(input, model) -> Float[np.ndarray, "batch pos d_model"]:
     residual = as_numpy(input)
     if residual.ndim != 3 or residual.shape[-1] != model.cfg.d_model:
-        raise ValueError(
+        raise InputError(
             f"with start_at_layer, input is the residual stream [batch, pos, d_model={model.cfg.d_model}]; "
             f"got shape {residual.shape}"
         )
     if not np.issubdtype(residual.dtype, np.floating):
-        raise TypeError(f"the residual stream must be floating point; got {residual.dtype}")
+        raise InputTypeError(f"the residual stream must be floating point; got {residual.dtype}")
     return np.ascontiguousarray(residual, dtype=model.cfg.dtype)
 
 
@@ -66,7 +67,7 @@ def bounded_run(
         if tokens is not None:
             tokens = check_tokens(as_numpy(tokens), model.cfg.d_vocab, model.cfg.n_ctx)
             if tokens.shape != residual.shape[:2]:
-                raise ValueError(f"tokens {tokens.shape} do not match the residual stream's [batch, pos] {residual.shape[:2]}")
+                raise InputError(f"tokens {tokens.shape} do not match the residual stream's [batch, pos] {residual.shape[:2]}")
         feed = tokens if tokens is not None else np.zeros(residual.shape[:2], dtype=np.int64)
         if stop_at_layer is not None and first == last:
             return BoundedRun({}, tokens, residual.copy())

@@ -19,15 +19,19 @@ def compiled_plan(
     outputs: Iterable[str],
     given: Iterable[str] = (),
     fed: Mapping[str, Iterable[str]] | None = None,
+    arena: bool = True,
 ) -> tuple[Plan, list]:
-    """The plan for this request and one session per part, cached by hook-site set and outputs."""
+    """The plan for this request and one session per part, cached by hook-site set and outputs.
+
+    ``arena``: see ``BundleGraph.compile``."""
     hooked, outputs, given = tuple(hooked), tuple(dict.fromkeys(outputs)), tuple(sorted(given))
     fed_key = tuple(sorted((h, tuple(sorted(k))) for h, k in (fed or {}).items()))
-    key = ("partition", hooked, outputs, given, fed_key)
+    key = ("partition", hooked, outputs, given, fed_key, arena)
 
     def build():
         p = plan(graph.proto, hooked, outputs, given, dict(fed_key), graph.types)
-        return p, [graph.compile(part.model, spinning=False) if part.model is not None else None for part in p.parts]
+        return p, [graph.compile(part.model, spinning=False, arena=arena) if part.model is not None else None
+                   for part in p.parts]
 
     return graph.cached(key, build)
 

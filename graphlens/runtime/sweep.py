@@ -20,12 +20,15 @@ from graphlens.runtime.partitioned import compiled_plan, run_parts
 
 
 class SiteSweep:
-    """``model`` cut at every one of ``sites`` and run once on ``tokens``; then ``logits(site, values)``."""
+    """``model`` cut at every one of ``sites`` and run once on ``tokens``; then ``logits(site, values)``.
 
-    def __init__(self, model, tokens: Int[np.ndarray, "batch pos"], sites: Sequence[str]):
+    ``arena=False``: sessions without ONNX Runtime's memory arena (a measured memory budget needs them).
+    """
+
+    def __init__(self, model, tokens: Int[np.ndarray, "batch pos"], sites: Sequence[str], arena: bool = True):
         self.model = model
         hooked = list(dict.fromkeys([*sites, *model.hooked_sites()]))
-        self.plan, self.sessions = compiled_plan(model.graph, hooked, [LOGITS])
+        self.plan, self.sessions = compiled_plan(model.graph, hooked, [LOGITS], arena=arena)
         self.values = run_parts(model.graph, self.plan, self.sessions, {"input_ids": tokens}, model.call_hooks)
         self._part_after = {site: k + 1 for k, part in enumerate(self.plan.parts) for site in part.hooks}
         batch_dim = model.graph.types["input_ids"].type.tensor_type.shape.dim[0].dim_param

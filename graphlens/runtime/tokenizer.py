@@ -9,6 +9,8 @@ import numpy as np
 from jaxtyping import Int
 from tokenizers import Tokenizer
 
+from graphlens.errors import BundleError
+
 
 def _token_text(value) -> str | None:
     if isinstance(value, dict):  # older tokenizer_config.json: {"content": "<|endoftext|>", ...}
@@ -36,11 +38,19 @@ class TokenizerAdapter:
         folder = Path(folder)
         if not (folder / "tokenizer.json").is_file():
             return None
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as err:  # the tokenizers library raises plain Exception for a damaged file
+            raise BundleError(f"{folder / 'tokenizer.json'} is not a readable tokenizer ({err}); export the bundle again") from None
         tokenizer.no_padding()
         tokenizer.no_truncation()
         config_file = folder / "tokenizer_config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BundleError(f"{config_file} is not valid JSON ({err}); export the bundle again") from None
+        if not isinstance(config, dict):
+            raise BundleError(f"{config_file} must be a JSON object; export the bundle again")
         return cls(
             tokenizer,
             bos=_token_text(config.get("bos_token")),

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from graphlens.analysis.factored_matrix import FactoredMatrix
 from graphlens.runtime.inputs import as_numpy
+from graphlens.errors import InputError, InputTypeError
 
 TokensLike = Union[str, int, np.integer, np.ndarray, Sequence[int]]
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre")
@@ -172,7 +173,7 @@ class WeightsMixin:
         """``layer`` as an int in [0, n_layers] (or n_layers-1 without ``allow_final``); clear error otherwise."""
         top = self.cfg.n_layers if allow_final else self.cfg.n_layers - 1
         if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer <= top:
-            raise ValueError(f"{what}={layer!r} is out of range: this model has n_layers={self.cfg.n_layers}, "
+            raise InputError(f"{what}={layer!r} is out of range: this model has n_layers={self.cfg.n_layers}, "
                              f"use 0..{top}" + (" (or -1/None for the final residual stream)" if allow_final else ""))
         return int(layer)
 
@@ -188,7 +189,7 @@ class WeightsMixin:
                 bias = bias + self.b_out[i]
         if mlp_input:
             if layer >= self.cfg.n_layers:
-                raise ValueError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
+                raise InputError("mlp_input=True needs a layer below n_layers: there is no MLP after the last block")
             bias = bias + self.b_O[layer]
         return bias
 
@@ -200,9 +201,9 @@ class WeightsMixin:
             return self.W_U[:, self.to_single_token(tokens)]
         ids = as_numpy(tokens)
         if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"tokens must be integer ids or a single-token string; got dtype {ids.dtype}")
+            raise InputTypeError(f"tokens must be integer ids or a single-token string; got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.d_vocab_out):
-            raise ValueError(f"token ids out of range [0, {self.cfg.d_vocab_out})")
+            raise InputError(f"token ids out of range [0, {self.cfg.d_vocab_out})")
         if ids.size == 1:
             return self.W_U[:, int(ids.reshape(()))]
         return np.moveaxis(self.W_U[:, ids], 0, -1)
@@ -213,7 +214,7 @@ class WeightsMixin:
 
         rights = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
         if mode not in rights:
-            raise ValueError(f"mode must be one of ['Q', 'K', 'V'] not {mode}")
+            raise InputError(f"mode must be one of ['Q', 'K', 'V'] not {mode}")
         scores = composition_scores(self.OV, rights[mode](), broadcast_dims=True)
         layers = np.arange(self.cfg.n_layers)
         later = layers[:, None, None, None] < layers[None, None, :, None]
