@@ -85,6 +85,8 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
     bundle, out = Path(bundle), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force (overwrite=True) or another folder")
+    if not (JS / "view" / "index.html").is_file():
+        raise InputError(f"the page's sources are not at {JS / 'view'}: graphlens view runs from a source checkout (pip install -e .)")
     missing = [f for f in ORT_FILES if not (ORT_WEB / f).is_file()]
     if missing:
         raise InputError(f"onnxruntime-web is not installed next to graphlens ({ORT_WEB / missing[0]} is missing): "
