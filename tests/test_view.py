@@ -186,3 +186,26 @@ def test_view_without_onnxruntime_web_says_how_to_install_it(shipped_bundle, tmp
     result = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(tmp_path / "page")])
     assert result.exit_code != 0 and "npm ci" in result.output
     assert not (tmp_path / "page").exists()
+
+
+def test_view_serves_until_interrupted_and_cleans_up(shipped_bundle, monkeypatch):
+    """Without --out, the command serves a page built in a temporary folder, and removes it when stopped."""
+    seen = {}
+
+    def fake_serve(folder, port):
+        server = serve(folder, 0)
+        seen["folder"], seen["port"] = folder, port
+
+        def interrupted():
+            seen["index"] = (folder / "index.html").is_file() and (folder / "bundle" / "graphlens.json").is_file()
+            raise KeyboardInterrupt
+
+        server.serve_forever = interrupted
+        return server
+
+    monkeypatch.setattr(view_module, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["view", str(shipped_bundle), "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert seen["port"] == 8123 and seen["index"]
+    assert "http://127.0.0.1:" in result.output
+    assert not seen["folder"].exists()
