@@ -25,9 +25,10 @@ JS = Path(__file__).resolve().parents[1] / "js"
 ORT_WEB = JS / "node_modules" / "onnxruntime-web" / "dist"
 # the WebAssembly build only (no WebGPU): its entry module and the threaded SIMD runtime it imports
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-# onnxruntime-web runs in 32-bit WebAssembly, whose memory is at most 4 GiB, and its model is one protobuf
-# (2 GiB at most). The weights sit in that memory twice while a session is created (the fetched bytes and
-# ORT's copy), so a deployment over 1.5 GiB cannot open in a browser tab.
+# onnxruntime-web runs in 32-bit WebAssembly (4 GiB of memory at most) and holds the weights twice while a
+# session opens (the fetched bytes and its copy). Measured in headless Chromium (js/bench/browser-size/probe.sh):
+# 1.0 GiB of weights open with a 2.2 GiB renderer, 1.5 GiB with 3.2 GiB; larger sizes were not tried here
+# (the machine's per-process memory rule), so 1.5 GiB is the largest size known to open.
 BROWSER_LIMIT_BYTES = 3 * 2**29
 
 
@@ -85,6 +86,8 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
     bundle, out = Path(bundle), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force (overwrite=True) or another folder")
+    if not (JS / "view" / "index.html").is_file():
+        raise InputError(f"the page's sources are not at {JS / 'view'}: graphlens view runs from a source checkout (pip install -e .)")
     missing = [f for f in ORT_FILES if not (ORT_WEB / f).is_file()]
     if missing:
         raise InputError(f"onnxruntime-web is not installed next to graphlens ({ORT_WEB / missing[0]} is missing): "
@@ -102,8 +105,9 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
         for name in ORT_FILES:
             shutil.copy2(ORT_WEB / name, tmp / "ort" / name)
         deployed = deploy(bundle, tmp / "bundle", hooks=hooks, patch=["blocks.*.attn.hook_z"], decoder=False)
-        check_browser_size(bundle_bytes(deployed, read_manifest(deployed)), "the deployment")
         write_lens(HookedTransformer.from_pretrained(str(bundle)), tmp)
+        size = bundle_bytes(deployed, read_manifest(deployed)) + (tmp / "lens.bin").stat().st_size
+        check_browser_size(size, "the page's deployment and lens weights")
         source = Path((manifest.get("source") or {}).get("model") or bundle.name).name
         name = f"{source} ({manifest['architecture']}, {manifest['dtype']})"
         (tmp / "view.json").write_text(json.dumps({"name": name, "prompt": prompt}))

@@ -7,6 +7,7 @@ js/node_modules are needed: without them the browser test is skipped, unless CI=
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,18 @@ def _browser_missing() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _serving(folder: Path):
+    """``folder`` served by graphlens.view.serve on a free port, for the block: yields its base URL."""
+    server = serve(folder, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def shipped_bundle(tmp_path_factory):
     return export_bundle(str(SHIPPED), tmp_path_factory.mktemp("view") / "bundle", progress=None)
@@ -60,17 +73,11 @@ def page(shipped_bundle):
             pytest.fail(f"CI=true / GRAPHLENS_REQUIRE_JS=1 but {reason}")
         pytest.skip(reason)
     folder = build_view(shipped_bundle, shipped_bundle.parent / "page")
-    server = serve(folder, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "view.png"
-    try:
-        run = subprocess.run(["node", "drive-view.mjs", f"http://127.0.0.1:{server.server_address[1]}/", PROMPT,
-                              f"{LAYER}:{HEAD}", str(QUERY), str(shot)],
+    with _serving(folder) as base:
+        run = subprocess.run(["node", "drive-view.mjs", f"{base}/", PROMPT, f"{LAYER}:{HEAD}", str(QUERY), str(shot)],
                              cwd=REPO / "js" / "browser", capture_output=True, text=True, timeout=600)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert shot.stat().st_size > 10_000
     return json.loads(run.stdout)
@@ -158,17 +165,11 @@ def test_view_writes_a_static_page(shipped_bundle, tmp_path):
     entry = lens["arrays"]["W_U"]
     stored = np.fromfile(out / "lens.bin", dtype="<f4", count=int(np.prod(entry["dims"])), offset=entry["offset"])
     np.testing.assert_array_equal(stored.reshape(entry["dims"]), model.W_U)
-    server = serve(out, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with _serving(out) as base:
         with urllib.request.urlopen(f"{base}/ort/ort-wasm-simd-threaded.wasm") as wasm, urllib.request.urlopen(f"{base}/view.js") as js:
             # browsers compile WebAssembly and run modules only with these types
             assert wasm.headers["Content-Type"] == "application/wasm" and js.headers["Content-Type"].startswith("text/javascript")
             assert wasm.read() == (out / "ort" / "ort-wasm-simd-threaded.wasm").read_bytes()
-    finally:
-        server.shutdown()
-        server.server_close()
     again = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(out)])
     assert again.exit_code != 0 and "--force" in again.output
 
@@ -178,3 +179,33 @@ def test_view_refuses_a_bundle_too_large_for_the_browser(shipped_bundle, tmp_pat
     with pytest.raises(InputError, match="browser tab"):
         build_view(shipped_bundle, tmp_path / "page")
     assert not (tmp_path / "page").exists()
+
+
+def test_view_without_onnxruntime_web_says_how_to_install_it(shipped_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(view_module, "ORT_WEB", tmp_path / "nowhere")
+    result = CliRunner().invoke(main, ["view", str(shipped_bundle), "--out", str(tmp_path / "page")])
+    assert result.exit_code != 0 and "npm ci" in result.output
+    assert not (tmp_path / "page").exists()
+
+
+def test_view_serves_until_interrupted_and_cleans_up(shipped_bundle, monkeypatch):
+    """Without --out, the command serves a page built in a temporary folder, and removes it when stopped."""
+    seen = {}
+
+    def fake_serve(folder, port):
+        server = serve(folder, 0)
+        seen["folder"], seen["port"] = folder, port
+
+        def interrupted():
+            seen["index"] = (folder / "index.html").is_file() and (folder / "bundle" / "graphlens.json").is_file()
+            raise KeyboardInterrupt
+
+        server.serve_forever = interrupted
+        return server
+
+    monkeypatch.setattr(view_module, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["view", str(shipped_bundle), "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert seen["port"] == 8123 and seen["index"]
+    assert "http://127.0.0.1:" in result.output
+    assert not seen["folder"].exists()

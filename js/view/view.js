@@ -321,6 +321,7 @@ async function guarded(fn) {
 }
 
 async function main() {
+  if (location.protocol === 'file:') throw new Error('a page opened from file:// cannot fetch its bundle: serve the folder (graphlens view BUNDLE, or python -m http.server)');
   const view = JSON.parse(new TextDecoder().decode(await fetchBytes('view.json')));
   $('model-name').textContent = view.name;
   state.model = await loadBundle('bundle', { ort, readFile: (name) => fetchBytes(`bundle/${name}`), sessionOptions: { executionProviders: ['wasm'] } });
