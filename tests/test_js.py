@@ -96,7 +96,7 @@ def _write_case(refs: _Refs, name: str, bundle: Path, deployed: Path, tokenizer_
     pattern = "blocks.0.attn.hook_pattern"
     logits, hooks = decoder.step(padded, pad_mask, offset_position_ids(pad_mask), every[1:])  # every hook: as above
     case["padded"] = {"texts": BATCH, "tokens": padded.tolist(), "attention_mask": pad_mask.tolist(), "hook": pattern}
-    arrays["padded_last_logits"] = refs.array(name, "padded-logits", logits)
+    arrays["padded_last_logits"] = refs.array(name, "padded-logits", logits[:, -1])
     arrays["padded_pattern"] = refs.array(name, "padded-pattern", hooks[pattern])
 
     greedy = dict(max_new_tokens=20, do_sample=False, stop_at_eos=False, verbose=False)
