@@ -12,6 +12,7 @@ from jaxtyping import Float, Int
 
 from graphlens.architectures import architecture_named
 from graphlens.bundle import BundleError, read_manifest
+from graphlens.dtypes import dtype_name
 from graphlens.resolve import resolve_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
@@ -85,7 +86,7 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         fold_value_biases: bool = True,
         refactor_factored_attn_matrices: bool = False,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: object = None,
         **kwargs,
     ) -> "HookedTransformer":
         """Load a bundle folder, or export an HF folder / hub id into the cache on first use.
@@ -98,6 +99,7 @@ class HookedTransformer(WeightsMixin, HooksMixin, GenerationMixin):
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        dtype = dtype_name(dtype) if dtype is not None else None  # "float16", torch.float16, np.float16
         bundle = resolve_bundle(model_name, processing, dtype)
         manifest = read_manifest(bundle)
         if dtype is not None and dtype != manifest["dtype"]:
