@@ -64,6 +64,10 @@ def llama_folder(shape: str, dtype: str = "float32") -> Path:
                 param.normal_(0, 0.02) if param.ndim > 1 else param.fill_(1.0)
         model.save_pretrained(folder)
         del model
+    if not (folder / "tokenizer.json").is_file():  # GenAI's builder needs one
+        from tests.models import train_tokenizer
+
+        train_tokenizer(SHAPES[shape]["vocab_size"]).save_pretrained(folder)
     return folder
 
 

@@ -65,8 +65,10 @@ class Architecture:
     norms: tuple[Norm, ...]
     attention: AttentionSites
     config_from_hf: Callable[[dict], dict]
-    read_weights: Callable[[Params, dict], TLWeights]  # HF params → TL state dict
-    write_weights: Callable[[TLWeights, dict], dict[str, np.ndarray]]  # TL state dict → HF params
+    # (params, cfg, part=None): HF params → TL state dict, of one ``params.Part`` when given
+    read_weights: Callable[..., TLWeights]
+    # (tl, cfg, part=None): TL state dict → HF params
+    write_weights: Callable[..., dict[str, np.ndarray]]
     description: str = ""
     # Linear modules without a bias in HF whose TL bias processing can make non-zero (fold_value_biases' b_O,
     # fold_ln's b_Q…): the export gives them a zero bias, so processed weights have somewhere to go

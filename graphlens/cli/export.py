@@ -16,7 +16,8 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "py
 @click.option("--center-writing-weights/--no-center-writing-weights", default=True, show_default=True)
 @click.option("--center-unembed/--no-center-unembed", default=True, show_default=True)
 @click.option("--fold-value-biases/--no-fold-value-biases", default=True, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Weights dtype, loaded from the HF weights directly (no float32 copy).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--external-data/--no-external-data", default=None, help="Weights in model.onnx.data, one copy read by model.onnx and decoder.onnx (the default); "
               "--no-external-data: a single-file model.onnx (decoder.onnx then holds its own copy).")

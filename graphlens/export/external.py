@@ -9,6 +9,9 @@ copies), processing streams through them part by part, and ``WeightsFile`` write
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -18,7 +21,6 @@ import onnx
 import onnx.external_data_helper
 import onnx_ir as ir
 import torch
-from onnx_ir.tensor_adapters import TorchTensor
 
 from graphlens.errors import ExportError
 
@@ -28,8 +30,10 @@ ALIGNMENT = 1 << 16  # offsets of large tensors: a multiple of the allocation gr
 ALIGN_MIN_BYTES = 1 << 20
 
 
-def numpy_view(tensor: torch.Tensor) -> np.ndarray:
+def numpy_view(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
     """A numpy view of a CPU tensor (bfloat16 as ml_dtypes.bfloat16), without copying."""
+    if isinstance(tensor, np.ndarray):
+        return tensor
     tensor = tensor.detach()
     if not tensor.is_contiguous():
         tensor = tensor.contiguous()
@@ -38,14 +42,15 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def detach_weights(model: ir.Model, prefix: str) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
+def detach_weights(model: ir.Model, prefix: str) -> tuple[onnx.ModelProto, dict[str, torch.Tensor | np.ndarray]]:
     """``model`` as a proto whose initializers are placeholders, and their tensors by name (``prefix``
     stripped from names that start with it, in the proto too)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, value in list(model.graph.initializers.items()):
         tensor = value.const_value
         stripped = name[len(prefix):] if name.startswith(prefix) else name
-        tensors[stripped] = tensor.raw if isinstance(tensor, TorchTensor) else torch.from_numpy(np.array(tensor.numpy()))
+        raw = getattr(tensor, "raw", None)  # the exporter's TorchTensor wraps the model's own tensor: no copy
+        tensors[stripped] = raw if isinstance(raw, torch.Tensor) else tensor.numpy()
         value.const_value = ir.ExternalTensor(PENDING, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name)
     proto = ir.serde.serialize_model(model)
     renamed = {}
@@ -59,6 +64,34 @@ def detach_weights(model: ir.Model, prefix: str) -> tuple[onnx.ModelProto, dict[
     return proto, tensors
 
 
+_MADV_PAGEOUT = 21  # Linux ≥ 5.4: reclaim these pages now; their content is kept (re-read on access)
+_PAGE = 4096
+
+
+def _page_out(tensor: torch.Tensor) -> None:
+    """Let the kernel reclaim the whole pages of a tensor the export is done with.
+
+    transformers maps safetensors files into memory, so the HF weights are file-backed pages that
+    count as resident once read; a released tensor's pages would stay resident until the model is
+    gone. MADV_PAGEOUT drops clean file-backed pages (anonymous memory without swap stays as it is);
+    contents are preserved either way. A no-op off Linux.
+    """
+    try:
+        libc = _libc()
+    except OSError:
+        return
+    start = tensor.data_ptr()
+    first = -(-start // _PAGE) * _PAGE
+    last = (start + tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()) // _PAGE * _PAGE
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_PAGEOUT)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 class ExportWeights(Mapping[str, np.ndarray]):
     """The exported graphs' initializers by name, as numpy views of the HF model's tensors.
 
@@ -67,16 +100,18 @@ class ExportWeights(Mapping[str, np.ndarray]):
     """
 
     def __init__(self) -> None:
-        self._tensors: dict[str, torch.Tensor] = {}
+        self._tensors: dict[str, torch.Tensor | np.ndarray] = {}
 
-    def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def add(self, tensors: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         for name, tensor in tensors.items():
             known = self._tensors.setdefault(name, tensor)
-            if known is not tensor and not (known.shape == tensor.shape and torch.equal(known, tensor)):
+            if known is not tensor and not np.array_equal(numpy_view(known), numpy_view(tensor)):
                 raise ExportError(f"the exported graphs hold different values for the initializer {name!r}")
 
     def release(self, name: str) -> None:
-        self._tensors.pop(name, None)
+        tensor = self._tensors.pop(name, None)
+        if isinstance(tensor, torch.Tensor):
+            _page_out(tensor)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return numpy_view(self._tensors[name])
@@ -91,6 +126,11 @@ class ExportWeights(Mapping[str, np.ndarray]):
         return len(self._tensors)
 
 
+def _raw(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array of any dtype (bfloat16 too)."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
 class WeightsFile:
     """Writes tensors one by one to an ONNX external-data file; small ones are kept to be stored inline."""
 
@@ -102,16 +142,22 @@ class WeightsFile:
         self._file = open(path, "wb")
 
     def write(self, name: str, array: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(array)).cast("B")
-        if data.nbytes < INLINE_MAX_BYTES:
-            self.inline[name] = data.tobytes()
+        """Append ``array`` in C order (a non-contiguous view is written in blocks of rows, not copied whole)."""
+        nbytes = array.nbytes
+        if nbytes < INLINE_MAX_BYTES:
+            self.inline[name] = _raw(np.ascontiguousarray(array)).tobytes()
             return
         offset = self._file.tell()
-        if data.nbytes >= ALIGN_MIN_BYTES and offset % ALIGNMENT:
+        if nbytes >= ALIGN_MIN_BYTES and offset % ALIGNMENT:
             offset += ALIGNMENT - offset % ALIGNMENT
             self._file.seek(offset)
-        self._file.write(data)
-        self.offsets[name] = (offset, data.nbytes)
+        if array.flags.c_contiguous or array.ndim < 2:
+            self._file.write(_raw(np.ascontiguousarray(array)))
+        else:
+            rows = max(1, (16 << 20) // max(1, array[0].nbytes))
+            for start in range(0, array.shape[0], rows):
+                self._file.write(_raw(np.ascontiguousarray(array[start:start + rows])))
+        self.offsets[name] = (offset, nbytes)
 
     def __contains__(self, name: str) -> bool:
         return name in self.offsets or name in self.inline

@@ -60,17 +60,17 @@ def default_output_dir(source: str) -> Path:
 
 
 def _write_weights(weights: ExportWeights, arch, cfg: dict, processing: Processing, out: WeightsFile) -> tuple[dict, set[str]]:
-    """Process ``weights`` part by part into ``out``, releasing each source tensor once written; the
-    initializers processing does not map (buffers, constants) are written as they are."""
+    """Process ``weights`` part by part into ``out``, releasing each source tensor once its part is read;
+    the initializers processing does not map (buffers, constants) are written as they are."""
+    in_graphs = set(weights)
 
     def emit(name: str, value) -> None:
-        if name in weights:
+        if name in in_graphs:
             out.write(name, value)
-            weights.release(name)
         elif value.any():
             raise missing_param_error(name, arch)
 
-    processed_cfg, removed = process_stream(weights, arch, cfg, processing, emit)
+    processed_cfg, removed = process_stream(weights, arch, cfg, processing, emit, release=weights.release)
     for name in weights:
         if name not in removed:
             out.write(name, weights[name])

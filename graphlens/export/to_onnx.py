@@ -63,7 +63,8 @@ class _Decoder(nn.Module):
 def untie_unembed(model: nn.Module) -> None:
     """Give the unembedding its own weight and a (zero) bias, so processing can rewrite them alone."""
     head = model.get_output_embeddings()
-    weight = nn.Parameter(head.weight.detach().clone())
+    tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    weight = nn.Parameter(head.weight.detach().clone()) if tied else head.weight  # a copy only when shared
     bias = head.bias if head.bias is not None else nn.Parameter(torch.zeros(head.out_features, dtype=weight.dtype))
     new_head = nn.Linear(head.in_features, head.out_features, bias=True, dtype=weight.dtype)
     new_head.weight, new_head.bias = weight, bias

@@ -42,6 +42,15 @@ def _mean(x: np.ndarray, axis: int) -> np.ndarray:
     return x.mean(axis=axis, keepdims=True)
 
 
+def _fold_into(W: np.ndarray, w: np.ndarray, axis: int, center: bool) -> None:
+    """``W *= w`` along ``axis`` (d_model), then optionally centre over it; in place (one part at a time)."""
+    shape = [1] * W.ndim
+    shape[axis] = -1
+    W *= w.reshape(shape)
+    if center:
+        W -= _mean(W, axis)
+
+
 def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights: bool, layers: Iterable[int]) -> None:
     """Fold each norm's weight (and bias) into the weights that read from it, as TL's fold_layer_norm."""
     for layer in layers:
@@ -49,46 +58,42 @@ def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights:
         if f"{b}.ln1.w" in tl:
             w, bias = tl.pop(f"{b}.ln1.w"), tl.pop(f"{b}.ln1.b", None)
             for n in "QKV":
-                W = tl[f"{b}.attn.W_{n}"]
+                W = tl[f"{b}.attn.W_{n}"]  # [heads, d_model, d_head]
                 if fold_biases and bias is not None:
-                    tl[f"{b}.attn.b_{n}"] = tl[f"{b}.attn.b_{n}"] + (W * bias[None, :, None]).sum(-2)
-                W = W * w[None, :, None]
-                tl[f"{b}.attn.W_{n}"] = W - _mean(W, -2) if center_weights else W
+                    tl[f"{b}.attn.b_{n}"] = tl[f"{b}.attn.b_{n}"] + np.einsum("hmd,m->hd", W, bias)
+                _fold_into(W, w, -2, center_weights)
         if f"{b}.ln2.w" in tl:
             w, bias = tl.pop(f"{b}.ln2.w"), tl.pop(f"{b}.ln2.b", None)
-            W_in = tl[f"{b}.mlp.W_in"]
+            W_in = tl[f"{b}.mlp.W_in"]  # [d_model, d_mlp]
             if fold_biases and bias is not None:
-                tl[f"{b}.mlp.b_in"] = tl[f"{b}.mlp.b_in"] + (W_in * bias[:, None]).sum(-2)
-            W_in = W_in * w[:, None]
-            tl[f"{b}.mlp.W_in"] = W_in - _mean(W_in, -2) if center_weights else W_in
+                tl[f"{b}.mlp.b_in"] = tl[f"{b}.mlp.b_in"] + bias @ W_in
+            _fold_into(W_in, w, -2, center_weights)
             if f"{b}.mlp.W_gate" in tl:
-                W_gate = tl[f"{b}.mlp.W_gate"] * w[:, None]
-                tl[f"{b}.mlp.W_gate"] = W_gate - _mean(W_gate, -2) if center_weights else W_gate
+                _fold_into(tl[f"{b}.mlp.W_gate"], w, -2, center_weights)
     if "ln_final.w" in tl:
         w, bias = tl.pop("ln_final.w"), tl.pop("ln_final.b", None)
-        W_U = tl["unembed.W_U"]
+        W_U = tl["unembed.W_U"]  # [d_model, d_vocab]
         if fold_biases and bias is not None:
-            tl["unembed.b_U"] = tl["unembed.b_U"] + (W_U * bias[:, None]).sum(-2)
-        W_U = W_U * w[:, None]
-        tl["unembed.W_U"] = W_U - _mean(W_U, -2) if center_weights else W_U
+            tl["unembed.b_U"] = tl["unembed.b_U"] + bias @ W_U
+        _fold_into(W_U, w, -2, center_weights)
 
 
 def center_writing_weights(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
     """Make every write into the residual stream mean-zero over d_model."""
     for name in ("embed.W_E", "pos_embed.W_pos"):
         if name in tl:
-            tl[name] = tl[name] - _mean(tl[name], -1)
+            tl[name] -= _mean(tl[name], -1)
     for layer in layers:
         b = f"blocks.{layer}"
         for W, bias in ((f"{b}.attn.W_O", f"{b}.attn.b_O"), (f"{b}.mlp.W_out", f"{b}.mlp.b_out")):
-            tl[W] = tl[W] - _mean(tl[W], -1)
+            tl[W] -= _mean(tl[W], -1)
             tl[bias] = tl[bias] - tl[bias].mean()
 
 
 def center_unembed(tl: TLWeights, cfg: dict) -> None:
     """Logits are translation invariant: subtract the mean over the vocabulary."""
     if "unembed.W_U" in tl:
-        tl["unembed.W_U"] = tl["unembed.W_U"] - _mean(tl["unembed.W_U"], -1)
+        tl["unembed.W_U"] -= _mean(tl["unembed.W_U"], -1)
         tl["unembed.b_U"] = tl["unembed.b_U"] - tl["unembed.b_U"].mean()
 
 
@@ -98,7 +103,7 @@ def fold_value_biases(tl: TLWeights, cfg: dict, layers: Iterable[int]) -> None:
     for layer in layers:
         b = f"blocks.{layer}"
         b_V = np.repeat(tl[f"{b}.attn.b_V"], n_rep, axis=0)  # [n_heads, d_head]
-        tl[f"{b}.attn.b_O"] = tl[f"{b}.attn.b_O"] + (b_V[:, :, None] * tl[f"{b}.attn.W_O"]).sum((0, 1))
+        tl[f"{b}.attn.b_O"] = tl[f"{b}.attn.b_O"] + np.einsum("hd,hdm->m", b_V, tl[f"{b}.attn.W_O"])
         tl[f"{b}.attn.b_V"] = np.zeros_like(tl[f"{b}.attn.b_V"])
 
 
@@ -160,8 +165,8 @@ def process(tl: TLWeights, cfg: dict, processing: Processing, part: Part = None)
 
 
 def work_dtype(dtype: np.dtype) -> type:
-    """The precision processing runs in: float64 for float32 weights, float32 for 16-bit ones."""
-    return np.float64 if np.dtype(dtype).itemsize >= 4 else np.float32
+    """The precision processing runs in: float32 (as TransformerLens), float64 for float64 weights."""
+    return np.float64 if np.dtype(dtype).itemsize >= 8 else np.float32
 
 
 class _Reads(Mapping):
@@ -186,11 +191,12 @@ class _Reads(Mapping):
 
 def process_stream(
     params: Params, arch: Architecture, cfg: dict, processing: Processing,
-    emit: Callable[[str, np.ndarray], None],
+    emit: Callable[[str, np.ndarray], None], release: Callable[[str], None] | None = None,
 ) -> tuple[dict, set[str]]:
     """Process ``params`` (HF-named) part by part, calling ``emit(name, value)`` once per processed HF
-    param, in its own dtype (biases HF lacks: the part's dtype). Only one part is held at working
-    precision (``work_dtype``) at a time.
+    param, in its own dtype (biases HF lacks: the part's dtype; the value may be a non-contiguous view).
+    Only one part is held at working precision (``work_dtype``) at a time, and processed in place;
+    ``release(name)`` is called for each param once its part has been read (the source may go).
 
     Returns the config after processing and the names of the params processing removed (the norms
     fold_ln folds away).
@@ -202,14 +208,17 @@ def process_stream(
         if not tl:
             continue
         dtype = np.dtype(next(iter(tl.values())).dtype)
-        tl = {k: np.asarray(v, dtype=work_dtype(dtype)) for k, v in tl.items()}
+        tl = {k: np.array(v, dtype=work_dtype(dtype)) for k, v in tl.items()}  # own copies: processed in place
+        dtypes = {name: params[name].dtype for name in reads.read}
+        for name in reads.read if release else ():
+            release(name)
         new_cfg = process(tl, cfg, processing, part)
         written = arch.write_weights(tl, new_cfg, part=part)
         del tl
         removed |= reads.read - set(written)
         while written:
             name, value = written.popitem()
-            emit(name, np.ascontiguousarray(value, dtype=params[name].dtype if name in params else dtype))
+            emit(name, value.astype(dtypes.get(name, dtype), copy=False))
             del value
     return new_cfg, removed
 

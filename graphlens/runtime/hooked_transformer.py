@@ -17,6 +17,7 @@ from graphlens.components import ModulesMixin
 from graphlens.facade.kv_forward import KVForwardMixin
 from graphlens.facade.switches import SwitchesMixin
 from graphlens.facade.tl_api import TLFacadeMixin
+from graphlens.dtypes import dtype_name
 from graphlens.resolve import resolve_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
@@ -93,7 +94,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         fold_value_biases: bool = True,
         refactor_factored_attn_matrices: bool = False,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: object = None,
         default_prepend_bos: bool | None = None,
         default_padding_side: Literal["left", "right"] | None = None,
         verify: bool = False,
@@ -113,6 +114,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             raise InputError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
         processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases,
                                 refactor_factored_attn_matrices)
+        dtype = dtype_name(dtype) if dtype is not None else None  # "float16", torch.float16, np.float16
         bundle = resolve_bundle(model_name, processing, dtype)
         if verify:
             verify_bundle(bundle)
