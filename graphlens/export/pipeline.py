@@ -30,6 +30,7 @@ from graphlens.rewrite.instrument import (
     with_input_defaults,
 )
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
+from graphlens.rewrite.mask_inputs import manifest_defaults, with_mask_defaults
 from graphlens.rewrite.weights import Processing
 
 
@@ -104,12 +105,14 @@ def export_bundle(
 
     report(4, steps, f"processing weights ({', '.join(k for k, v in processing.as_dict().items() if v) or 'none'})")
     processed_cfg = apply_processing(graph, arch, cfg, processing)
-    proto = with_input_defaults(gs.export_onnx(graph))
+    proto = with_mask_defaults(with_input_defaults(gs.export_onnx(graph)))
     proto.producer_name, proto.producer_version = "graphlens", graphlens.__version__
 
     report(5, steps, "checking the graph")
     onnx.checker.check_model(proto, full_check=False)
 
+    model_io = graph_io(proto)
+    model_io["inputs"] = manifest_defaults(model_io["inputs"])
     with writing_bundle(out) as tmp:
         report(6, steps, f"writing the bundle to {out}")
         # with a decoder, external data lets both graphs read one copy of the weights
@@ -127,7 +130,7 @@ def export_bundle(
             "opset": opset,
             "model_file": MODEL_FILE,
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
-            **graph_io(proto),
+            **model_io,
             "hooks": hook_entries(hooks, processed_cfg, dtype, lambda name: has_patch_inputs(name, patch_sites)),
             "tokenizer_files": tokenizer_files,
         }

@@ -114,8 +114,9 @@ def process_params(
     params: dict[str, np.ndarray], arch: Architecture, cfg: dict, processing: Processing
 ) -> tuple[dict[str, np.ndarray], dict]:
     """HF-named params → processed HF-named params (norm params folded away are absent) and new config."""
-    dtype = next(iter(params.values())).dtype
-    tl = {k: v.astype(np.float64) for k, v in arch.read_weights(params, cfg).items()}
+    read = arch.read_weights(params, cfg)
+    dtype = next(iter(read.values())).dtype  # the weights' (params also holds the graph's int constants)
+    tl = {k: v.astype(np.float64) for k, v in read.items()}
     new_cfg = process(tl, cfg, processing)
     written = arch.write_weights(tl, new_cfg)
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in written.items()}, new_cfg
