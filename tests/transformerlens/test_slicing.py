@@ -99,9 +99,9 @@ def _assert_paths_identical(ours: HookedTransformer, tokens: np.ndarray, **kwarg
                                       err_msg=f"stop_at_layer={layer} vs {name}")
     _, one = ours.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post", **kwargs)
     np.testing.assert_array_equal(one["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_post"])
-    resid = cache["blocks.1.hook_resid_pre"]
-    np.testing.assert_array_equal(ours(resid, start_at_layer=1, **({"attention_mask": ours.padding_mask(
-        tokens, padding_side=kwargs.get("padding_side"))} if kwargs else {})), logits, err_msg="start_at_layer=1")
+    mask = ours.padding_mask(tokens, padding_side=kwargs.get("padding_side"))  # from a residual: only a given mask
+    np.testing.assert_array_equal(ours(cache["blocks.1.hook_resid_pre"], start_at_layer=1, attention_mask=mask), logits,
+                                  err_msg="start_at_layer=1")
 
 
 def test_call_paths_are_bit_identical_gpt2(gpt2):
