@@ -90,7 +90,7 @@ def test_compiled_spec_equals_the_same_hooks(model, small_bundle, tokens, vector
     assert [i.name for i in session.get_inputs() + session.get_overridable_initializers()] == [
         "input_ids", "attention_mask", "position_ids"]
     assert [i["name"] for i in read_manifest(out)["inputs"]] == ["input_ids", "attention_mask", "position_ids"]
-    assert read_manifest(out)["inputs"][1]["default"] == {"shape": [1, 1], "value": 1}
+    assert read_manifest(out)["inputs"][1]["default"] == {"shape": [1, 1], "fill": 1}
 
     with model.hooks(fwd_hooks=spec_hooks(vector)):
         ref_logits, ref_cache = model.run_with_cache(tokens)

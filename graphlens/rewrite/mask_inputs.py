@@ -59,11 +59,13 @@ def with_mask_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def manifest_defaults(inputs: list[dict]) -> list[dict]:
-    """The manifest's ``inputs`` entries with each defaulted input's ``default`` and ``meaning`` added."""
+    """The manifest's ``inputs`` entries with each defaulted input's ``required: false``, ``default``
+    (``{"shape": [1, 1], "fill": value}``, the form format 2 gives every overridable initializer) and
+    ``meaning`` added."""
     out = []
     for entry in inputs:
         if entry["name"] in DEFAULTS:
             value, meaning = DEFAULTS[entry["name"]]
-            entry = {**entry, "default": {"shape": [1, 1], "value": value}, "meaning": meaning}
+            entry = {**entry, "required": False, "default": {"shape": [1, 1], "fill": value}, "meaning": meaning}
         out.append(entry)
     return out

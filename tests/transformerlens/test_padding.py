@@ -165,8 +165,9 @@ def test_plain_onnx_runtime_feeds_and_manifest_inputs(models, small_bundle):
     assert list(inputs) == ["input_ids", "attention_mask", "position_ids"]
     assert inputs["attention_mask"]["dtype"] == inputs["position_ids"]["dtype"] == "int64"
     assert inputs["attention_mask"]["shape"] == ["batch", "pos"]
-    assert inputs["attention_mask"]["default"] == {"shape": [1, 1], "value": 1}
-    assert inputs["position_ids"]["default"] == {"shape": [1, 1], "value": -1}
+    assert inputs["attention_mask"]["default"] == {"shape": [1, 1], "fill": 1}
+    assert inputs["position_ids"]["default"] == {"shape": [1, 1], "fill": -1}
+    assert inputs["attention_mask"]["required"] is inputs["position_ids"]["required"] is False
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(small_bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
