@@ -7,3 +7,8 @@ def input_name(hook: str, kind: str) -> str:
     """``input_name("blocks.0.hook_resid_pre", "patch")`` → ``"blocks.0.hook_resid_pre.patch"``."""
     assert kind in PATCH_SUFFIXES, kind
     return f"{hook}.{kind}"
+
+
+def is_substitution_input(name: str) -> bool:
+    """Whether graph input ``name`` is a site's ``.patch`` / ``.patch_mask`` / ``.add``."""
+    return name.rsplit(".", 1)[-1] in PATCH_SUFFIXES

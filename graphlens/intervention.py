@@ -19,6 +19,7 @@ from graphlens.bundle_check import load_graph
 from graphlens.bundle_files import inside
 from graphlens.rewrite.intervene import apply_interventions, load_spec, parse_spec
 from graphlens.rewrite.manifest_io import graph_io, hook_entries
+from graphlens.rewrite.mask_inputs import manifest_defaults
 from graphlens.rewrite.specialise import specialise
 
 
@@ -52,6 +53,8 @@ def intervene(
     compiled.producer_name, compiled.producer_version = proto.producer_name, proto.producer_version
     onnx.checker.check_model(compiled, full_check=False)
 
+    compiled_io = graph_io(compiled)
+    compiled_io["inputs"] = manifest_defaults(compiled_io["inputs"])
     with writing_bundle(out, overwrite) as tmp:
         model_file = manifest["model_file"]
         big = save_model(compiled, tmp / model_file)
@@ -61,7 +64,7 @@ def intervene(
         manifest = {
             **{k: v for k, v in manifest.items() if k != "decoder"},  # the KV-cache graph is not intervened
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
-            **graph_io(compiled),
+            **compiled_io,
             "hooks": hook_entries(kept, manifest["config"], manifest["dtype"], compiled),
             "intervention": {"source_bundle": str(bundle), "entries": [i.describe() for i in items]},
         }

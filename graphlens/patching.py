@@ -101,7 +101,8 @@ def generic_activation_patch(
     site_order = list(dict.fromkeys(sites))
     for site in site_order:
         _check_clean(model, clean_cache, site, tokens)
-    sweep = SiteSweep(model, tokens, site_order, arena=chunks.measured)  # measuring needs freed memory
+    mask = model.padding_mask(tokens)  # as TransformerLens' forward on the corrupted tokens
+    sweep = SiteSweep(model, tokens, site_order, mask, arena=chunks.measured)  # measuring needs freed memory
 
     results = np.zeros(len(rows), dtype=np.float32)
     bar = tqdm(total=len(rows), disable=not progress, desc=f"patching {activation_name}", leave=False)
@@ -117,7 +118,7 @@ def generic_activation_patch(
                 patched = np.concatenate(
                     [np.asarray(patch_setter(corrupted.copy(), rows[i], clean)) for i in chunk]
                 ).astype(corrupted.dtype, copy=False)
-                logits = _run_patched(model, sweep, tokens, site, patched, len(chunk))
+                logits = _run_patched(model, sweep, tokens, mask, site, patched, len(chunk))
                 for v, i in enumerate(chunk):
                     results[i] = _scalar(patching_metric(logits[v * len(tokens):(v + 1) * len(tokens)]))
                 del patched, logits
@@ -194,14 +195,16 @@ def _scalar(value) -> float:
                          f"{getattr(value, 'shape', '')}") from None
 
 
-def _run_patched(model, sweep: SiteSweep, tokens: np.ndarray, site: str, patched: np.ndarray, variants: int) -> np.ndarray:
+def _run_patched(model, sweep: SiteSweep, tokens: np.ndarray, mask: np.ndarray | None, site: str, patched: np.ndarray,
+                 variants: int) -> np.ndarray:
     if patched.shape[0] != variants * tokens.shape[0]:
         raise InputError(f"patch_setter returned batch {patched.shape[0] // variants}, expected {tokens.shape[0]} (for {site})")
     if sweep.supports(site):
         return sweep.logits(site, patched, variants)
     # something without a batch axis crosses the cut: a graph cut at this site alone, fed every variant
     hooked = [s for s in model.hooked_sites() if s != site]
-    return model.run_graph(np.tile(tokens, (variants, 1)), [LOGITS], given={site: patched}, hooked=hooked)[LOGITS]
+    tile = lambda a: np.tile(a, (variants, 1)) if a is not None else None  # noqa: E731
+    return model.run_graph(tile(tokens), [LOGITS], given={site: patched}, hooked=hooked, attention_mask=tile(mask))[LOGITS]
 
 
 # ---- patch setters: copy the clean activation into the corrupted one at ``index`` -------------------

@@ -13,7 +13,7 @@ class Slice:
         if isinstance(input_slice, Slice):
             self.slice, self.mode = input_slice.slice, input_slice.mode
         elif input_slice is None:
-            self.slice, self.mode = slice(None), "empty"
+            self.slice, self.mode = slice(None), "identity"
         elif isinstance(input_slice, (int, np.integer)):
             self.slice, self.mode = int(input_slice), "int"
         elif isinstance(input_slice, tuple):
@@ -39,7 +39,12 @@ class Slice:
 
     @staticmethod
     def unwrap(input_slice) -> "Slice":
-        return input_slice if isinstance(input_slice, Slice) else Slice(input_slice)
+        """A Slice from a Slice-like input; an int becomes ``[int]`` so the dimension stays (as TransformerLens)."""
+        if isinstance(input_slice, Slice):
+            return input_slice
+        if isinstance(input_slice, (int, np.integer)):
+            input_slice = [int(input_slice)]
+        return Slice(input_slice)
 
     def __repr__(self) -> str:
         return f"Slice({self.slice!r}, mode={self.mode!r})"

@@ -89,7 +89,7 @@ def test_manifest_describes_every_hook(small_bundle):
     model = onnx.load(str(small_bundle / "model.onnx"), load_external_data=False)
     outputs = {o.name: o for o in model.graph.output}
     inputs = {i.name for i in model.graph.input}
-    assert [i["name"] for i in manifest["inputs"]] == ["input_ids"]
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "position_ids"]
     assert [o["name"] for o in manifest["outputs"]] == ["logits"]
     for hook in manifest["hooks"]:
         dims = outputs[hook["name"]].type.tensor_type.shape.dim

@@ -86,7 +86,11 @@ def test_compiled_spec_equals_the_same_hooks(model, small_bundle, tokens, vector
     out = intervene(small_bundle, spec, tmp_path / "steered", keep_hooks=True)
     compiled = HookedTransformer(out)
     session = ort.InferenceSession(str(out / "model.onnx"))
-    assert [i.name for i in session.get_inputs() + session.get_overridable_initializers()] == ["input_ids"]
+    # the model's own inputs only (attention_mask / position_ids keep their defaults): no substitution inputs
+    assert [i.name for i in session.get_inputs() + session.get_overridable_initializers()] == [
+        "input_ids", "attention_mask", "position_ids"]
+    assert [i["name"] for i in read_manifest(out)["inputs"]] == ["input_ids", "attention_mask", "position_ids"]
+    assert read_manifest(out)["inputs"][1]["default"] == {"shape": [1, 1], "fill": 1}
 
     with model.hooks(fwd_hooks=spec_hooks(vector)):
         ref_logits, ref_cache = model.run_with_cache(tokens)
@@ -145,7 +149,8 @@ def test_patch_sites_option(small_hf, small_bundle, tokens, vector, tmp_path):
     assert all(h["inputs"] == {} for h in manifest["hooks"] if "hook_resid_" not in h["name"])
     session = ort.InferenceSession(str(out / "model.onnx"))
     graph_inputs = {i.name for i in session.get_inputs() + session.get_overridable_initializers()}
-    assert graph_inputs == {"input_ids"} | {v for h in manifest["hooks"] for v in h["inputs"].values()}
+    model_inputs = {"input_ids", "attention_mask", "position_ids"}
+    assert graph_inputs == model_inputs | {v for h in manifest["hooks"] for v in h["inputs"].values()}
 
     resid, full = HookedTransformer(out), HookedTransformer(small_bundle)
     feeds = {"blocks.1.hook_resid_mid.add": vector[None, None]}

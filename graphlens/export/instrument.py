@@ -24,10 +24,11 @@ class KVState:
     ``key_mask [batch, past+new]`` (bool, False = padding, never attended), ``past``: per layer
     ``(key, value)`` as ``[batch, n_kv_heads, past, d_head]``; the attention function appends each
     layer's hooked new keys/values and records the result in ``present`` (TransformerLens caches the
-    keys after hook_k/hook_v, so a patch at those sites reaches later steps too).
+    keys after hook_k/hook_v, so a patch at those sites reaches later steps too). ``past=None``: a
+    forward without a KV cache (the full graph), masked the same way.
     """
 
-    def __init__(self, key_mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, key_mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]] | None):
         self.key_mask, self.past = key_mask, past
         self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -51,7 +52,7 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     n_rep = q.shape[2] // k.shape[2]
     k_heads, v_heads = k.transpose(1, 2), v.transpose(1, 2)  # [b, h_kv, k, d_head]
     state = module._graphlens_kv.state
-    if state is not None:
+    if state is not None and state.past is not None:
         past_k, past_v = state.past[module._graphlens_layer]
         k_heads, v_heads = torch.cat([past_k, k_heads], dim=2), torch.cat([past_v, v_heads], dim=2)
         state.present.append((k_heads, v_heads))

@@ -38,6 +38,7 @@ from graphlens.rewrite.instrument import (
 from graphlens.rewrite.manifest_io import graph_io, hook_entries, normalise_dim_labels
 from graphlens.rewrite.weights import Processing, process_stream
 from graphlens.runtime.tokenizer import tokenizer_entry
+from graphlens.rewrite.mask_inputs import manifest_defaults, with_mask_defaults
 
 
 def _stderr_progress(step: int, total: int, message: str) -> None:
@@ -159,7 +160,7 @@ def export_bundle(
         report(5, steps, f"writing the graphs to {out}")
         # with a decoder, external data lets both graphs read one copy of the weights
         external = external_data if external_data is not None else decoder or data.size > EXTERNAL_DATA_THRESHOLD
-        protos = {MODEL_FILE: _finish_graph(graph, removed, data)}
+        protos = {MODEL_FILE: with_mask_defaults(_finish_graph(graph, removed, data))}
         if decoder:
             protos[DECODER_FILE] = _finish_graph(decoder_graph, removed, data)
         if not external:
@@ -168,6 +169,8 @@ def export_bundle(
         report(6, steps, "checking the graph")
         onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=False)  # by path: never serialised whole
         tokenizer_files = save_tokenizer(source, tmp)
+        model_io = graph_io(protos[MODEL_FILE])
+        model_io["inputs"] = manifest_defaults(model_io["inputs"])
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -180,7 +183,7 @@ def export_bundle(
             "opset": opset,
             "model_file": MODEL_FILE,
             "external_data_file": EXTERNAL_DATA_FILE if external else None,
-            **graph_io(protos[MODEL_FILE]),
+            **model_io,
             "hooks": hook_entries(hooks, processed_cfg, dtype, protos[MODEL_FILE]),
             "tokenizer_files": tokenizer_files,
             "tokenizer": tokenizer_entry(tmp),

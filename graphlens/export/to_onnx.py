@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from graphlens.architectures import Architecture
+from graphlens.errors import ExportError
 from graphlens.export.external import detach_weights
 from graphlens.export.instrument import KVSlot, KVState, instrument
 from graphlens.export.markers import TRANSLATION_TABLE
@@ -16,17 +17,34 @@ from graphlens.export.markers import TRANSLATION_TABLE
 EXAMPLE_BATCH, EXAMPLE_POS, EXAMPLE_PAST = 2, 8, 3
 
 
+def example_sizes(cfg: dict) -> tuple[int, int]:
+    """The traced ``(pos, past)`` lengths: EXAMPLE_POS and EXAMPLE_PAST, capped at ``n_ctx`` (each ≥ 2, see above)."""
+    n_ctx = int(cfg["n_ctx"])
+    if n_ctx < 2:
+        raise ExportError(f"n_ctx={n_ctx}: graphlens exports models with a context of at least 2 positions")
+    return min(EXAMPLE_POS, n_ctx), min(EXAMPLE_PAST, n_ctx)
+
+
 class _Logits(nn.Module):
-    """``input_ids [batch, pos]`` → ``logits [batch, pos, d_vocab_out]``; no KV cache."""
+    """``input_ids``, ``attention_mask`` (0 = padding), ``position_ids``, all ``[batch, pos]`` →
+    ``logits [batch, pos, d_vocab_out]``; no KV cache.
 
-    def __init__(self, model: nn.Module):
+    The padding mask reaches the attention function as the decoder's does (a KVState without a past):
+    padded keys are never attended and padded positions get a zero positional embedding. The
+    defaults that let a plain ``input_ids`` feed run are added to the ONNX graph afterwards
+    (``graphlens.rewrite.mask_inputs``).
+    """
+
+    def __init__(self, model: nn.Module, slot: KVSlot):
         super().__init__()
-        self.model = model
+        self.model, self.slot = model, slot
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # explicit [batch, pos] positions: hook_pos_embed then has TransformerLens' batch dimension
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        return self.model(input_ids=input_ids, position_ids=positions, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        self.slot.state = KVState(attention_mask.bool(), None)
+        try:
+            return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        finally:
+            self.slot.state = None
 
 
 def past_names(n_layers: int) -> list[str]:
@@ -115,23 +133,30 @@ def _export(wrapper: nn.Module, args: tuple, names: tuple[list[str], list[str]],
 
 def export_plain(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> tuple[onnx.ModelProto, dict]:
     """Export ``model`` with every site of ``arch`` marked; initializers keep their HF parameter names and
-    are placeholders for the tensors returned beside the graph (``external.detach_weights``)."""
-    _prepare(model, arch, cfg)
-    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_POS, dtype=torch.long)
-    batch, pos = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
-    return _export(_Logits(model), (example,), (["input_ids"], ["logits"]),
-                   {"input_ids": {0: batch, 1: pos}}, opset)
+    are placeholders for the tensors returned beside the graph (``external.detach_weights``).
+
+    Inputs ``input_ids``, ``attention_mask``, ``position_ids`` (all ``[batch, pos]``), output ``logits``.
+    """
+    slot = _prepare(model, arch, cfg)
+    b, pos = EXAMPLE_BATCH, example_sizes(cfg)[0]
+    args = (torch.zeros(b, pos, dtype=torch.long), torch.ones(b, pos, dtype=torch.long),
+            torch.arange(pos).expand(b, pos).contiguous())
+    batch, pos_d = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
+    dims = {0: batch, 1: pos_d}
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    return _export(_Logits(model, slot), args, (inputs, ["logits"]), {name: dims for name in inputs}, opset)
 
 
 def export_decoder(model: nn.Module, arch: Architecture, cfg: dict, opset: int = 18) -> tuple[onnx.ModelProto, dict]:
     """Export the KV-cache step graph (see ``_Decoder``), marked like ``export_plain``'s graph."""
     slot = _prepare(model, arch, cfg)
     n_layers, n_kv = cfg["n_layers"], cfg.get("n_key_value_heads") or cfg["n_heads"]
-    b, new, past = EXAMPLE_BATCH, EXAMPLE_POS, EXAMPLE_PAST
+    b, (new, past) = EXAMPLE_BATCH, example_sizes(cfg)
     dtype = next(model.parameters()).dtype
     kv = [torch.zeros(b, n_kv, past, cfg["d_head"], dtype=dtype) for _ in range(2 * n_layers)]
     args = (torch.zeros(b, new, dtype=torch.long), torch.ones(b, past + new, dtype=torch.long),
-            torch.arange(past, past + new).expand(b, new).contiguous(), *kv)
+            # the values only need to index W_pos: clipped to the context for a short one
+            torch.arange(past, past + new).clamp(max=cfg["n_ctx"] - 1).expand(b, new).contiguous(), *kv)
     batch, new_d = torch.export.Dim("batch"), torch.export.Dim("pos", max=cfg["n_ctx"])
     past_d = torch.export.Dim("past", max=cfg["n_ctx"])
     inputs = ["input_ids", "attention_mask", "position_ids", *past_names(n_layers)]

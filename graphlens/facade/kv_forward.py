@@ -27,6 +27,7 @@ class CachedStep:
     hooks: dict[str, np.ndarray]
     tokens: np.ndarray | None  # None with start_at_layer and no tokens=
     residual: np.ndarray | None = None  # with stop_at_layer: the residual stream there
+    attention_mask: np.ndarray | None = None  # the loss covers every new token (as the forward without a cache)
 
 
 class KVForwardMixin:

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 
 import onnx
 
+from graphlens.export_names import is_substitution_input
 from graphlens.rewrite.specialise import empty_model_like, needed_nodes, substitution_nodes
 from graphlens.errors import InputError
 
@@ -92,7 +93,10 @@ def plan(
     outputs = list(dict.fromkeys(outputs))
     kept, _ = needed_nodes(nodes, outputs + list(pre.values()), given)
 
-    initializers = {i.name for i in graph.initializer} - {i.name for i in graph.input if _is_fed_input(i.name, fed)}
+    # a substitution input is a constant unless fed; the model's own inputs with defaults
+    # (attention_mask, position_ids) are always inputs: the caller feeds them or their defaults
+    initializers = {i.name for i in graph.initializer} - {
+        i.name for i in graph.input if _is_fed_input(i.name, fed) or not is_substitution_input(i.name)}
     stage: dict[str, int] = {name: FREE for name in initializers}
     stage.update({i.name: 0 for i in graph.input if i.name not in initializers})
     stage.update({name: 0 for name in given})

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import onnx
 
-from graphlens.export_names import PATCH_SUFFIXES, input_name
+from graphlens.export_names import PATCH_SUFFIXES, input_name, is_substitution_input
 from graphlens.errors import InputError
 
 # What a request may feed at a site: "patch" (patch + patch_mask) and/or "add".
@@ -89,8 +89,7 @@ def specialise(
     g = out.graph
     g.node.extend(kept)
     for inp in graph.input:
-        is_substitution = inp.name.rsplit(".", 1)[-1] in PATCH_SUFFIXES
-        if (inp.name in needed or inp.name in keep) and (not is_substitution or inp.name in fed_inputs):
+        if (inp.name in needed or inp.name in keep) and (not is_substitution_input(inp.name) or inp.name in fed_inputs):
             g.input.append(inp)
     g.initializer.extend(i for i in graph.initializer if i.name in needed and i.name not in fed_inputs)
     missing = [name for name in outputs if name not in value_infos]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator
 
 import numpy as np
@@ -10,6 +11,7 @@ from graphlens.analysis.cache_methods import CacheAnalysisMixin
 from graphlens.runtime.session import resolve_device
 from graphlens.sites import UnknownHookError, get_act_name
 from graphlens.errors import InputError, InputTypeError
+from graphlens.slicing import Slice
 
 
 class ActivationCache(CacheAnalysisMixin):
@@ -90,10 +92,18 @@ class ActivationCache(CacheAnalysisMixin):
         return self
 
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
-        """A new cache indexed on the batch dimension; an int index drops it (as TransformerLens)."""
-        if batch_slice is None:
+        """A new cache indexed on the batch dimension (a ``Slice`` or what ``Slice`` takes); an int drops it.
+
+        As TransformerLens, entries whose leading dim is 1 while the batch is larger (broadcast
+        entries) are left as they are.
+        """
+        batch_slice = Slice(batch_slice)
+        if batch_slice.mode == "identity":
             return ActivationCache(dict(self.cache_dict), self.model, self.has_batch_dim)
         if not self.has_batch_dim:
             raise InputError("this cache has no batch dimension")
-        sliced = {name: value[batch_slice] for name, value in self.cache_dict.items()}
-        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice, (int, np.integer)))
+        batch = Counter(v.shape[0] for v in self.cache_dict.values() if v.ndim).most_common(1)
+        size = batch[0][0] if batch else 1
+        sliced = {name: batch_slice.apply(value) if value.ndim and value.shape[0] == size else value
+                  for name, value in self.cache_dict.items()}
+        return ActivationCache(sliced, self.model, has_batch_dim=batch_slice.mode != "int")

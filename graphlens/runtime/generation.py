@@ -9,14 +9,16 @@ positions count from each row's first real token.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
-from jaxtyping import Int
+from jaxtyping import Float, Int
 
 from graphlens.export_names import PATCH_SUFFIXES
 from graphlens.runtime.activation_cache import ActivationCache
-from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.embeddings import as_embeds, embed_input
+from graphlens.runtime.inputs import as_numpy, attention_mask_for, check_tokens, offset_position_ids
 from graphlens.runtime.kv_decoder import KVDecoder, load_decoder_graph
 from graphlens.runtime.sampling import check_sampling_options, sample_logits
 from graphlens.runtime.feeds import feed_site
@@ -24,36 +26,6 @@ from graphlens.sites import concrete_shape, kind_of
 from graphlens.errors import InputError, InputTypeError
 
 Seed = Union[None, int, np.random.Generator]
-
-
-def attention_mask_for(
-    tokens: Int[np.ndarray, "batch pos"], pad_token_id: int | None, bos_token_id: int | None,
-    prepend_bos: bool, padding_side: str,
-) -> Int[np.ndarray, "batch pos"]:
-    """Which tokens are real (1) or padding (0), as TransformerLens' ``utils.get_attention_mask``.
-
-    Only the padding run at the padded end counts; with left padding and BOS == pad, the BOS right
-    before the first real token is kept.
-    """
-    mask = np.ones_like(tokens, dtype=np.int64)
-    if pad_token_id is None:
-        return mask
-    real = tokens != pad_token_id
-    if padding_side == "right":
-        mask[np.cumsum(real[:, ::-1], axis=1)[:, ::-1] == 0] = 0
-        return mask
-    leading = np.cumsum(real, axis=1) == 0
-    mask[leading] = 0
-    if prepend_bos and bos_token_id == pad_token_id:
-        bos_at = leading.sum(-1) - 1
-        rows = np.nonzero(bos_at >= 0)[0]
-        mask[rows, bos_at[rows]] = 1
-    return mask
-
-
-def offset_position_ids(attention_mask: Int[np.ndarray, "batch pos"]) -> Int[np.ndarray, "batch pos"]:
-    """Positions counted from each row's first real token; padding before it gets 0 (TransformerLens)."""
-    return np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)
 
 
 def _concat_steps(name: str, steps: list[np.ndarray]) -> np.ndarray:
@@ -67,15 +39,24 @@ def _concat_steps(name: str, steps: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(padded, axis=dims.index("query_pos"))
 
 
+@dataclass(frozen=True)
+class GenerateOutput:
+    """``generate(..., output_logits=True)``: as the HF ModelOutput TransformerLens returns, in numpy."""
+
+    sequences: Int[np.ndarray, "batch pos"]  # prompt + new tokens (only the new ones for embeddings input)
+    logits: tuple[Float[np.ndarray, "batch d_vocab"], ...]  # the next-token logits of each step
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
 class GenerationMixin:
     """``generate`` for HookedTransformer (needs a bundle with a decoder graph)."""
 
     def _kv_decoder(self, batch: int) -> KVDecoder:
-        if getattr(self, "_decoder_graph", None) is None:
-            self._decoder_graph = load_decoder_graph(self)
         cfg = self.cfg
         n_kv = cfg.n_key_value_heads or cfg.n_heads
-        return KVDecoder(self._decoder_graph, cfg.n_layers, n_kv, cfg.d_head, batch, np.dtype(cfg.dtype))
+        return KVDecoder(self._kv_decoder_graph(), cfg.n_layers, n_kv, cfg.d_head, batch, np.dtype(cfg.dtype))
 
     def _generation_feeds(self, feeds: Mapping[str, np.ndarray] | None) -> tuple[dict, dict]:
         """Check substitution feeds and give each the rank of its site (a [d_model] vector works)."""
@@ -99,7 +80,16 @@ class GenerationMixin:
         return arrays, fed
 
     def _generation_tokens(self, input, prepend_bos, padding_side) -> tuple[np.ndarray, np.ndarray, str]:
-        """Prompt tokens, their attention mask and the input type ("str" or "tokens")."""
+        """Prompt tokens, their attention mask and the input type ("str", "tokens" or "embeds").
+
+        Embeddings get placeholder tokens (zeros, never embedded) and no padding mask, as TransformerLens.
+        """
+        embeds = as_embeds(input, self.cfg.d_model, self.cfg.dtype)
+        if embeds is not None:
+            if embeds.shape[1] > self.cfg.n_ctx:
+                raise InputError(f"{embeds.shape[1]} embedded positions exceed the context n_ctx={self.cfg.n_ctx}; shorten them")
+            placeholder = np.zeros(embeds.shape[:2], dtype=np.int64)
+            return placeholder, np.ones_like(placeholder), "embeds"
         tok = self.tokenizer
         prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         side = padding_side or (tok.padding_side if tok is not None else "right")
@@ -150,6 +140,7 @@ class GenerationMixin:
         return_cache: bool = False,
         names_filter=None,
         on_token: Callable[[Int[np.ndarray, "batch"]], None] | None = None,
+        output_logits: bool = False,
         **generation_kwargs,
     ):
         """Sample up to ``max_new_tokens`` tokens, as TransformerLens' ``generate`` (string in → string out).
@@ -161,17 +152,25 @@ class GenerationMixin:
         generated tokens (``names_filter`` as in run_with_cache), collected from the steps' hook outputs;
         ``on_token(tokens)`` is called with each step's tokens (streaming). Active hooks (``add_hook``,
         ``hooks()``) run at every step on the new positions, as TransformerLens' hooks with its KV cache.
+
+        As TransformerLens: ``input`` may be token embeddings ``[batch, pos, d_model]`` (float; then
+        "tokens"/"str" return only the new tokens); ``return_type="embeds"`` returns the embeddings of
+        prompt and new tokens; ``output_logits=True`` returns a ``GenerateOutput`` (``.sequences``,
+        ``.logits``: one ``[batch, d_vocab]`` array per step).
         """
         _drop_hf_kwargs(generation_kwargs)
         _check_generation_options(self, max_new_tokens, eos_token_id, seed, on_token)
         if do_sample:
             check_sampling_options(top_k, top_p, min_p, temperature, freq_penalty)
-        if return_type not in ("input", "str", "tokens"):
-            raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r} "
-                             "(graphlens generates from tokens: 'embeds' is not supported)")
+        if return_type not in ("input", "str", "tokens", "embeds"):
+            raise InputError(f"return_type must be 'input', 'str', 'tokens' or 'embeds', got {return_type!r}")
         tokens, mask, input_type = self._generation_tokens(input, prepend_bos, padding_side)
         if return_type == "input":
             return_type = input_type
+        # embeddings are tracked only when they go in or out (W_E[token] per step)
+        embeds = as_embeds(input, self.cfg.d_model, self.cfg.dtype) if input_type == "embeds" else (
+            self.embed(tokens) if return_type == "embeds" else None)
+        embed_at = embed_input(self._kv_decoder_graph()) if input_type == "embeds" else None
         if return_type == "str" and self.tokenizer is None:
             raise InputError("return_type='str' needs a tokenizer; this bundle has none: use return_type='tokens'")
         if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
@@ -185,27 +184,33 @@ class GenerationMixin:
         decoder = self._kv_decoder(batch)
         collected: dict[str, list[np.ndarray]] = {name: [] for name in cache_names}
 
-        def forward(all_tokens: np.ndarray, all_mask: np.ndarray) -> np.ndarray:
+        def forward(all_tokens: np.ndarray, all_mask: np.ndarray, all_embeds: np.ndarray | None) -> np.ndarray:
             if not use_past_kv_cache:
                 decoder.reset()
                 for steps in collected.values():
                     steps.clear()
             start = decoder.past_length
+            # embeddings input: the decoder reads the embeddings where it would embed the tokens
+            given = {embed_at: all_embeds[:, start:]} if embed_at is not None else None
             logits, hooks = decoder.step(all_tokens[:, start:], all_mask, offset_position_ids(all_mask)[:, start:],
-                                         cache_names, feed_arrays, fed, self.hooked_sites(), self.call_hooks)
+                                         cache_names, feed_arrays, fed, self.hooked_sites(), self.call_hooks, given)
             for name, value in hooks.items():
                 collected[name].append(value)
             return logits[:, -1]
 
         finished = np.zeros(batch, dtype=bool)
         sampled: list[np.ndarray] = []
-        all_tokens, all_mask = tokens, mask
+        step_logits: list[np.ndarray] = []
+        all_tokens, all_mask, all_embeds = tokens, mask, embeds
         progress = _progress(max_new_tokens, verbose)
         for _ in range(max_new_tokens):
-            logits = forward(all_tokens, all_mask)
-            if do_sample:
+            logits = forward(all_tokens, all_mask, all_embeds)
+            if output_logits:
+                step_logits.append(logits)
+            if do_sample:  # as TransformerLens, no frequency penalty for embeddings input (no tokens)
                 new = sample_logits(logits, rng, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
-                                    freq_penalty=freq_penalty, tokens=all_tokens)
+                                    freq_penalty=freq_penalty if input_type != "embeds" else 0.0,
+                                    tokens=all_tokens if input_type != "embeds" else None)
             else:
                 new = logits.argmax(-1)
             new = new.astype(np.int64)
@@ -215,6 +220,8 @@ class GenerationMixin:
             sampled.append(new)
             all_tokens = np.concatenate([all_tokens, new[:, None]], axis=1)
             all_mask = np.concatenate([all_mask, np.ones((batch, 1), dtype=all_mask.dtype)], axis=1)
+            if all_embeds is not None:
+                all_embeds = np.concatenate([all_embeds, self.embed(new[:, None])], axis=1)
             progress.update(1)
             if on_token is not None:
                 on_token(new)
@@ -222,13 +229,22 @@ class GenerationMixin:
                 break
         progress.close()
 
-        result = self._generation_output(all_tokens, return_type)
+        # for embeddings input, TransformerLens returns only the new tokens
+        out_tokens = all_tokens[:, tokens.shape[1]:] if input_type == "embeds" else all_tokens
+        result = all_embeds if return_type == "embeds" else self._generation_output(out_tokens, return_type)
+        if output_logits:
+            result = GenerateOutput(out_tokens, tuple(step_logits))
         if not return_cache:
             return result
         if sampled:  # the last token has not been through the model yet
-            forward(all_tokens, all_mask)
+            forward(all_tokens, all_mask, all_embeds)
         cache = {name: _concat_steps(name, steps) for name, steps in collected.items()}
         return result, ActivationCache(cache, self)
+
+    def _kv_decoder_graph(self):
+        if getattr(self, "_decoder_graph", None) is None:
+            self._decoder_graph = load_decoder_graph(self)
+        return self._decoder_graph
 
     def _generation_output(self, tokens: np.ndarray, return_type: str):
         if return_type == "tokens":
@@ -239,13 +255,12 @@ class GenerationMixin:
 
 def _drop_hf_kwargs(kwargs: dict) -> None:
     """As TransformerLens: HF generation kwargs are warned about and ignored (return_dict_in_generate silently)."""
-    if kwargs.get("output_logits"):
-        raise InputError("generate(output_logits=True) is not supported by graphlens; use return_cache=True "
-                         "or run the generated tokens through model(...) for their logits")
-    unsupported = [k for k in kwargs if k not in ("output_logits", "return_dict_in_generate")]
+    unsupported = [k for k in kwargs if k != "return_dict_in_generate"]
     if unsupported:
         warnings.warn(f"HookedTransformer.generate received unsupported generation kwargs; ignoring: {unsupported}",
                       UserWarning, stacklevel=3)
+
+
 def _check_generation_options(model, max_new_tokens, eos_token_id, seed, on_token) -> None:
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, (bool, np.bool_)):
         raise InputTypeError(f"max_new_tokens must be an integer, not {type(max_new_tokens).__name__}")

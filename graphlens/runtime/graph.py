@@ -11,8 +11,9 @@ import onnx
 import onnxruntime as ort
 from onnx import external_data_helper, numpy_helper
 
+from graphlens.export_names import is_substitution_input
 from graphlens.rewrite.specialise import specialise
-from graphlens.runtime.session import providers_for, session_options
+from graphlens.runtime.session import DISABLED_OPTIMIZERS, providers_for, session_options
 
 T = TypeVar("T")
 
@@ -41,6 +42,12 @@ class BundleGraph:
                     init.ClearField(field)
                 init.data_location = onnx.TensorProto.EXTERNAL
         self.proto = proto
+        # inputs of the model's own with a default (attention_mask, position_ids): fed or not, per run
+        inits = {i.name: i for i in proto.graph.initializer}
+        self.input_defaults: dict[str, np.ndarray] = {
+            i.name: numpy_helper.to_array(inits[i.name]) for i in proto.graph.input
+            if i.name in inits and not is_substitution_input(i.name)
+        }
         self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
         self.output_names = [o.name for o in proto.graph.output]
         self.input_names = {i.name for i in proto.graph.input}
@@ -69,7 +76,8 @@ class BundleGraph:
         options.enable_cpu_mem_arena = arena
         names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device))
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device),
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
     def replace_proto(self, proto: onnx.ModelProto) -> None:
         """Run ``proto`` from now on: a rewrite of this graph reading the same shared weights."""
@@ -116,7 +124,15 @@ class BundleGraph:
         session = self.session(outputs, fed)
         names = [o.name for o in session.get_outputs()]
         self.session_runs += 1
-        return dict(zip(names, session.run(names, dict(feeds))))
+        return dict(zip(names, session.run(names, self._feeds_for(session, feeds))))
+
+    def _feeds_for(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feeds`` less the defaulted inputs that ``session``'s specialised graph does not read."""
+        defaulted = [name for name in feeds if name in self.input_defaults]
+        if not defaulted:
+            return dict(feeds)
+        reads = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
+        return {name: value for name, value in feeds.items() if name in reads or name not in self.input_defaults}
 
 
 def _nbytes(init: onnx.TensorProto) -> int:

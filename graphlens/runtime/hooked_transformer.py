@@ -23,13 +23,15 @@ from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.config import Config
 from graphlens.runtime.graph import LOGITS, BundleGraph
+from graphlens.runtime.embeddings import EmbeddingsMixin
 from graphlens.runtime.generation import GenerationMixin
 from graphlens.runtime.hook_points import HookPoint
 from graphlens.runtime.feeds import checked_feed
 from graphlens.runtime.hooks import HooksMixin, site_runs
 from graphlens.runtime.layer_bounds import bounded_run
 from graphlens.runtime.partitioned import run_partitioned
-from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.rewrite.mask_inputs import ATTENTION_MASK, POSITION_IDS
+from graphlens.runtime.inputs import as_numpy, attention_mask_for, check_attention_mask, check_tokens
 from graphlens.runtime.session import resolve_device
 from graphlens.runtime.tokenizer import TokenizerAdapter
 from graphlens.runtime.weights import WeightsMixin
@@ -63,7 +65,7 @@ def lm_cross_entropy_loss(
 
 
 class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMixin, WeightsMixin, HooksMixin,
-                        GenerationMixin):
+                        GenerationMixin, EmbeddingsMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):
@@ -244,6 +246,39 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             tokens = as_numpy(input)
         return check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx)
 
+    def padding_mask(
+        self, tokens: Int[np.ndarray, "batch pos"], attention_mask=None, prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> Int[np.ndarray, "batch pos"] | None:
+        """The attention mask TransformerLens' ``forward`` uses for ``tokens``; None: nothing is masked.
+
+        The ``attention_mask`` given, else, when the padding side (``padding_side`` or the tokenizer's) is
+        left, the leading pad tokens (``utils.get_attention_mask``); right padding is not masked.
+        """
+        if attention_mask is not None:
+            return check_attention_mask(attention_mask, tokens)
+        tok = self.tokenizer
+        if tok is None or (padding_side or tok.padding_side) != "left":
+            return None
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        return attention_mask_for(tokens, tok.pad_token_id, tok.bos_token_id, prepend, "left")
+
+    def model_feeds(self, tokens: Int[np.ndarray, "batch pos"], attention_mask=None, position_ids=None) -> dict[str, np.ndarray]:
+        """The graph's own inputs for a run: ``input_ids``, plus ``attention_mask`` when it masks anything
+        and ``position_ids`` when given (else the graph derives them from the mask)."""
+        feeds = {"input_ids": tokens}
+        if attention_mask is not None and not attention_mask.all():
+            feeds[ATTENTION_MASK] = attention_mask  # else the default mask: the graph a plain export runs
+        if position_ids is not None:
+            feeds[POSITION_IDS] = np.asarray(position_ids, dtype=np.int64)
+        missing = [name for name in feeds if name not in self.graph.input_names]
+        if missing:
+            raise BundleError(
+                f"{self.bundle_dir} has no {' / '.join(missing)} input (exported before padding masks were supported); "
+                f"export it again with `graphlens export {self.manifest['source']['model']}`"
+            )
+        return feeds
+
     # ---- hooks by name -----------------------------------------------------------------------------
     def hook_names_matching(self, names_filter: NamesFilter) -> list[str]:
         """Resolve a TransformerLens ``names_filter`` to hook names; unknown names raise with suggestions."""
@@ -267,12 +302,16 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         feeds: dict[str, np.ndarray] | None = None,
         given: dict[str, np.ndarray] | None = None,
         hooked: Sequence[str] | None = None,
+        attention_mask: Int[np.ndarray, "batch pos"] | None = None,
+        position_ids: Int[np.ndarray, "batch pos"] | None = None,
     ) -> dict[str, np.ndarray]:
         """One pass: ``outputs`` (hook names, "logits") with optional substitution ``feeds``.
 
         ``feeds`` maps graph input names (``<hook>.patch``, ``.patch_mask``, ``.add``) to arrays.
         ``given`` maps graph tensors to arrays fed instead of computed (``start_at_layer``). Python
         hooks of the ``hooked`` sites (default: every site with hooks) run where the model computes them.
+        ``attention_mask`` (1 = token, 0 = padding; None: nothing masked) masks padded keys and offsets
+        positions as TransformerLens does (see ``padding_mask``); ``position_ids`` override the positions.
         """
         tokens = check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx)
         hooked = self.hooked_sites() if hooked is None else list(hooked)
@@ -286,9 +325,12 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             fed.setdefault(hook, set()).add("add" if name.endswith(".add") else "patch")
             if "patch" in fed[hook] and not {f"{hook}.patch", f"{hook}.patch_mask"} <= set(feeds):
                 raise InputError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
+        if attention_mask is not None:
+            attention_mask = check_attention_mask(attention_mask, tokens)
+        feeds = {**self.model_feeds(tokens, attention_mask, position_ids), **feeds}
         if not hooked and not given and set(outputs) <= set(self.graph.output_names):
-            return self.graph.run(outputs, {"input_ids": tokens, **feeds}, fed)
-        return run_partitioned(self.graph, hooked, outputs, {"input_ids": tokens, **feeds}, self.call_hooks, given, fed)
+            return self.graph.run(outputs, feeds, fed)
+        return run_partitioned(self.graph, hooked, outputs, feeds, self.call_hooks, given, fed)
 
     def _checked_outputs(self, outputs, allow_empty: bool) -> list[str]:
         """``run_graph``'s ``outputs``: hook names, graph outputs ("logits") or other tensors of the graph;
@@ -338,13 +380,14 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             if return_type in ("loss", "both") and step.tokens is None:
                 raise InputError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
             return self._format_output(step.logits, step.tokens, return_type, loss_per_token)
-        run = bounded_run(self, input, [LOGITS] if return_type is not None else [], start_at_layer, stop_at_layer,
-                          tokens, prepend_bos, padding_side)
+        outputs = [LOGITS] if return_type is not None and stop_at_layer is None else []
+        run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer,
+                          tokens, prepend_bos, padding_side, attention_mask)
         if stop_at_layer is not None:
             return run.residual
         if return_type in ("loss", "both") and run.tokens is None:
             raise InputError("tokens must be passed (tokens=...) for return_type 'loss' or 'both' with start_at_layer")
-        return self._format_output(run.results.get(LOGITS), run.tokens, return_type, loss_per_token, attention_mask)
+        return self._format_output(run.results.get(LOGITS), run.tokens, return_type, loss_per_token, run.attention_mask)
 
     __call__ = forward
 
@@ -399,7 +442,8 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             names = list(step.hooks)
             results, tokens = {LOGITS: step.logits, **step.hooks}, step.tokens
         else:
-            run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side)
+            run = bounded_run(self, input, outputs, start_at_layer, stop_at_layer, tokens, prepend_bos, padding_side,
+                              attention_mask)
             results, tokens = run.results, run.tokens
         if reset_hooks_end and clear_contexts:  # as TransformerLens' caching-hooks context on exit
             self.clear_contexts()
@@ -409,7 +453,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         if remove_batch_dim:
             cache_dict = {n: v[0] for n, v in cache_dict.items()}
         output = run.residual if stop_at_layer is not None else self._format_output(
-            results.get(LOGITS), tokens, return_type, loss_per_token)
+            results.get(LOGITS), tokens, return_type, loss_per_token, run.attention_mask)
         if not return_cache_object:
             return output, cache_dict
         return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)

@@ -94,15 +94,18 @@ class KVDecoder:
         fed: Mapping[str, Iterable[str]] | None = None,
         hooked: Sequence[str] = (),
         call_hooks: HookCaller | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[Float[np.ndarray, "batch new d_vocab_out"], dict[str, np.ndarray]]:
         """Run the new positions; returns their logits and the hook outputs asked for.
 
         ``hooked`` sites run their Python hooks (``call_hooks``) on the new positions; the step is then
         cut at those sites (``run_partitioned``) and the cache makes a round trip through numpy.
+        ``given``: graph tensors fed instead of computed (the token embeddings of an embeddings input).
         """
         hooks = list(hooks)
-        if hooked:
-            return self._step_with_hooks(input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks)
+        if hooked or given:
+            return self._step_with_hooks(input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks,
+                                         given)
         session = self.graph.session([LOGITS, *self.present_names, *hooks], fed)
         binding = session.io_binding()
         for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
@@ -122,11 +125,11 @@ class KVDecoder:
         self.past = [values[name] for name in self.present_names]
         return values[LOGITS].numpy(), {name: values[name].numpy() for name in hooks}
 
-    def _step_with_hooks(self, input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks):
+    def _step_with_hooks(self, input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks, given=None):
         inputs = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64),
                   "position_ids": np.asarray(position_ids, dtype=np.int64), **(feeds or {}),
                   **{name: value.numpy() for name, value in zip(self.past_names, self.past)}}
-        results = run_partitioned(self.graph, hooked, [LOGITS, *self.present_names, *hooks], inputs, call_hooks, None, fed)
+        results = run_partitioned(self.graph, hooked, [LOGITS, *self.present_names, *hooks], inputs, call_hooks, given, fed)
         self.past = [self._value(results[name]) for name in self.present_names]
         return results[LOGITS], {name: results[name] for name in hooks}
 

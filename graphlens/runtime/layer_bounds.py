@@ -14,7 +14,7 @@ from jaxtyping import Float
 
 from graphlens.rewrite.partition import pre_hook_tensor
 from graphlens.runtime.hooks import blocks_run
-from graphlens.runtime.inputs import as_numpy, check_tokens
+from graphlens.runtime.inputs import as_numpy, check_attention_mask, check_tokens
 from graphlens.errors import InputError, InputTypeError
 
 
@@ -23,6 +23,7 @@ class BoundedRun:
     results: dict[str, np.ndarray]
     tokens: np.ndarray | None  # token ids (None when starting at a layer without ``tokens``)
     residual: np.ndarray | None  # the residual stream where the run stopped (with stop_at_layer)
+    attention_mask: np.ndarray | None = None  # the padding mask the run used (None: nothing masked)
 
 
 def residual_before(model, layer: int, graph=None) -> str:
@@ -55,13 +56,19 @@ def bounded_run(
     tokens=None,
     prepend_bos: bool | None = None,
     padding_side: str | None = None,
+    attention_mask=None,
 ) -> BoundedRun:
-    """Run ``outputs`` (sites outside the bounds are the caller's to drop) between the bounds."""
+    """Run ``outputs`` (sites outside the bounds are the caller's to drop) between the bounds.
+
+    The padding mask is TransformerLens': from tokens, ``model.padding_mask``; from a residual stream
+    (``start_at_layer``), only the ``attention_mask`` given.
+    """
     blocks = blocks_run(model.cfg.n_layers, start_at_layer, stop_at_layer)
     first, last = blocks.start, max(blocks.stop, blocks.start)
     given = None
     if start_at_layer is None:
         tokens = feed = model.tokens_from(input, prepend_bos, padding_side)
+        mask = model.padding_mask(tokens, attention_mask, prepend_bos, padding_side)
     else:
         residual = _residual(input, model)
         if tokens is not None:
@@ -69,8 +76,9 @@ def bounded_run(
             if tokens.shape != residual.shape[:2]:
                 raise InputError(f"tokens {tokens.shape} do not match the residual stream's [batch, pos] {residual.shape[:2]}")
         feed = tokens if tokens is not None else np.zeros(residual.shape[:2], dtype=np.int64)
+        mask = check_attention_mask(attention_mask, feed) if attention_mask is not None else None
         if stop_at_layer is not None and first == last:
-            return BoundedRun({}, tokens, residual.copy())
+            return BoundedRun({}, tokens, residual.copy(), mask)
         given = {residual_before(model, first): residual}
     stop_name = residual_before(model, last) if stop_at_layer is not None else None
     wanted = outputs + ([stop_name] if stop_name else [])
@@ -78,6 +86,6 @@ def bounded_run(
     if not wanted:  # return_type=None: TransformerLens runs everything but the unembedding, for the hooks
         hooked = [site for site in hooked if not site.startswith("unembed.")]
         if not hooked:
-            return BoundedRun({}, tokens, None)
-    results = model.run_graph(feed, wanted, given=given, hooked=hooked)
-    return BoundedRun(results, tokens, results.get(stop_name) if stop_name else None)
+            return BoundedRun({}, tokens, None, mask)
+    results = model.run_graph(feed, wanted, given=given, hooked=hooked, attention_mask=mask)
+    return BoundedRun(results, tokens, results.get(stop_name) if stop_name else None, mask)

@@ -47,12 +47,12 @@ def run_partitioned(
 ) -> dict[str, np.ndarray]:
     """Run ``outputs`` with the hooks of ``hooked`` sites applied where the model computes them.
 
-    ``feeds``: graph inputs (input_ids, substitution inputs); ``given``: tensors fed instead of
-    computed (see ``partition.plan``).
+    ``feeds``: graph inputs (input_ids, attention_mask, substitution inputs; unfed defaulted inputs
+    get their defaults); ``given``: tensors fed instead of computed (see ``partition.plan``).
     """
     given = dict(given or {})
     the_plan, sessions = compiled_plan(graph, hooked, outputs, given, fed)
-    values = run_parts(graph, the_plan, sessions, {**feeds, **given}, call_hooks)
+    values = run_parts(graph, the_plan, sessions, {**graph.input_defaults, **feeds, **given}, call_hooks)
     return {name: values[name] for name in the_plan.outputs}
 
 

@@ -34,6 +34,13 @@ def providers_for(device: str) -> list:
     return [_PROVIDERS["cpu"]]
 
 
+# Fused norm kernels round differently from the written-out norm, and ONNX Runtime fuses a norm only
+# where its hook_scale/hook_normalized are not graph outputs: requests for different outputs (model(x)
+# vs run_with_cache(x)) would then differ by ~1e-7. With these off, every path runs the same kernels.
+# (Names as ONNX Runtime registers them; older releases call the first two "LayerNormFusion".)
+DISABLED_OPTIMIZERS = ("LayerNormFusionL1", "LayerNormFusionL2", "LayerNormFusion", "SimplifiedLayerNormFusion")
+
+
 def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -25,11 +25,13 @@ class SiteSweep:
     ``arena=False``: sessions without ONNX Runtime's memory arena (a measured memory budget needs them).
     """
 
-    def __init__(self, model, tokens: Int[np.ndarray, "batch pos"], sites: Sequence[str], arena: bool = True):
+    def __init__(self, model, tokens: Int[np.ndarray, "batch pos"], sites: Sequence[str],
+                 attention_mask: Int[np.ndarray, "batch pos"] | None = None, arena: bool = True):
         self.model = model
         hooked = list(dict.fromkeys([*sites, *model.hooked_sites()]))
         self.plan, self.sessions = compiled_plan(model.graph, hooked, [LOGITS], arena=arena)
-        self.values = run_parts(model.graph, self.plan, self.sessions, {"input_ids": tokens}, model.call_hooks)
+        feeds = {**model.graph.input_defaults, **model.model_feeds(tokens, attention_mask)}
+        self.values = run_parts(model.graph, self.plan, self.sessions, feeds, model.call_hooks)
         self._part_after = {site: k + 1 for k, part in enumerate(self.plan.parts) for site in part.hooks}
         batch_dim = model.graph.types["input_ids"].type.tensor_type.shape.dim[0].dim_param
         self._batch_major = {
@@ -55,7 +57,9 @@ class SiteSweep:
         self, site: str, patched: Float[np.ndarray, "variants_x_batch ..."], variants: int
     ) -> Float[np.ndarray, "variants_x_batch pos d_vocab"]:
         """Logits of ``variants`` runs (stacked along the batch, variant-major) whose ``site`` is ``patched``."""
-        repeats = lambda a: np.tile(a, (variants,) + (1,) * (a.ndim - 1))  # noqa: E731
+        batch = self.values["input_ids"].shape[0]
+        # a leading dim of 1 (a default attention_mask [1, 1]) broadcasts over any batch: not repeated
+        repeats = lambda a: np.tile(a, (variants,) + (1,) * (a.ndim - 1)) if a.shape[0] == batch else a  # noqa: E731
         values = {name: repeats(self.values[name]) for name in self._inputs_after(site) if name != site}
         values[site] = patched
         values = run_parts(self.model.graph, self.plan, self.sessions, values, self.model.call_hooks,

@@ -100,8 +100,6 @@ def test_generate_warns_about_hf_kwargs_and_ignores_them(small_bundle, small_hf)
         ref_out = ref.generate(torch.tensor(tokens), max_new_tokens=4, do_sample=False, verbose=False, num_beams=4)
     np.testing.assert_array_equal(out, plain)
     np.testing.assert_array_equal(out, ref_out.numpy())
-    with pytest.raises(InputError, match="output_logits"):
-        ours.generate(tokens, max_new_tokens=2, verbose=False, output_logits=True)
 
 
 def test_device_methods(small_bundle):
