@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from graphlens.errors import BundleError
 
@@ -121,20 +121,21 @@ def replace_folder(new: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def writing_bundle(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def writing_bundle(out: str | os.PathLike, overwrite: bool = False,
+                   check: Callable[[Path, bool], None] = check_destination) -> Iterator[Path]:
     """A temporary folder beside ``out`` that replaces ``out`` when the block succeeds (removed if it fails).
 
-    ``out`` is checked first (``check_destination``) and again before the replacement.
+    ``out`` is checked first (``check``: ``check_destination`` for bundles) and again before the replacement.
     """
     out = Path(os.path.abspath(out))
-    check_destination(out, overwrite)
+    check(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         _usual_permissions(tmp)
-        check_destination(out, overwrite)
+        check(out, overwrite)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

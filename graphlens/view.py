@@ -77,6 +77,18 @@ def write_lens(model, out: Path) -> dict:
 DEFAULT_PROMPT = "The return statement leaves the current function. The return statement leaves the current function."
 
 
+def check_page_destination(out: Path, overwrite: bool) -> None:
+    """``out`` may be new, empty, or a page ``graphlens view`` wrote (it has ``view.json``), replaced only with
+    ``overwrite``; anything else is refused and left untouched."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / "view.json").is_file():
+        raise BundleError(f"{out} is a non-empty folder that is not a graphlens view page; graphlens deletes nothing "
+                          f"it did not write: choose a new or empty folder")
+    if not overwrite:
+        raise BundleError(f"{out} already holds a graphlens view page; pass --force (overwrite=True) to replace it")
+
+
 def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, prompt: str = DEFAULT_PROMPT) -> Path:
     """Write the page for ``bundle`` into ``out`` (index.html, the JavaScript, onnxruntime-web, a deployment);
     ``prompt`` is the one it opens with."""
@@ -84,8 +96,7 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
     from graphlens.runtime.hooked_transformer import HookedTransformer
 
     bundle, out = Path(bundle), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force (overwrite=True) or another folder")
+    check_page_destination(out, overwrite)
     if not (JS / "view" / "index.html").is_file():
         raise InputError(f"the page's sources are not at {JS / 'view'}: graphlens view runs from a source checkout (pip install -e .)")
     missing = [f for f in ORT_FILES if not (ORT_WEB / f).is_file()]
@@ -97,7 +108,7 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
         raise InputError(f"{bundle} is a deployment; view its source bundle ({manifest['deployment']['source_bundle']})")
     check_browser_size(bundle_bytes(bundle, manifest), f"{bundle}'s model")
     hooks = view_hooks(manifest["config"], [h["name"] for h in manifest["hooks"]])
-    with writing_bundle(out) as tmp:
+    with writing_bundle(out, overwrite, check=check_page_destination) as tmp:
         for page in (JS / "view").iterdir():
             shutil.copy2(page, tmp / page.name)
         shutil.copytree(JS / "src", tmp / "graphlens", ignore=shutil.ignore_patterns("*.d.ts"))
