@@ -246,7 +246,7 @@ def test_unknown_activation_names(small):
     with pytest.raises(KeyError, match="unknown hook name 'blocks.0.hook_resid_pree'"):
         cache.stack_activation("resid_pree")
     _, partial = model.run_with_cache(np.arange(5), names_filter=["blocks.0.hook_resid_pre"])
-    with pytest.raises(KeyError, match="blocks.1.hook_resid_pre is not in this cache"):
+    with pytest.raises(KeyError, match="blocks.1.hook_resid_pre is a hook of the model but not in this cache"):
         partial.accumulated_resid()
     with pytest.raises(KeyError, match="not in this cache"):
         partial.compute_head_results()

@@ -39,6 +39,11 @@ def _substitution(manifest_section: dict) -> list[dict]:
     return [s for h in manifest_section["hooks"] for s in h["substitution_inputs"].values()]
 
 
+def _client_feeds(manifest: dict) -> dict[str, np.ndarray]:
+    """Every default a client fills: the substitution inputs' and the defaulted graph inputs' (attention_mask, position_ids)."""
+    return _defaults(_substitution(manifest) + [i for i in manifest["inputs"] if "default" in i])
+
+
 @pytest.fixture(scope="module")
 def deployed(small_bundle, tmp_path_factory):
     return deploy(small_bundle, tmp_path_factory.mktemp("deploy") / "d", patch=SITES)
@@ -66,7 +71,7 @@ def test_a_deployment_computes_what_the_bundle_computes(small_bundle, deployed):
     tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, size=(2, 7))
     session = _session(deployed / "model.onnx")
     hooks = [h["name"] for h in manifest["hooks"]]
-    plain = dict(zip(["logits", *hooks], session.run(["logits", *hooks], {"input_ids": tokens, **_defaults(_substitution(manifest))})))
+    plain = dict(zip(["logits", *hooks], session.run(["logits", *hooks], {"input_ids": tokens, **_client_feeds(manifest)})))
     logits, cache = model.run_with_cache(tokens)
     np.testing.assert_allclose(plain["logits"], logits, atol=1e-5)
     for hook in hooks:
@@ -77,7 +82,7 @@ def test_a_deployment_computes_what_the_bundle_computes(small_bundle, deployed):
     steer = np.random.default_rng(1).standard_normal((1, 1, model.cfg.d_model)).astype(np.float32)
     feeds = {"blocks.0.attn.hook_z.patch": np.zeros((1, 1, model.cfg.n_heads, model.cfg.d_head), np.float32),
              "blocks.0.attn.hook_z.patch_mask": mask, "blocks.1.hook_resid_pre.add": steer}
-    patched = session.run(["logits"], {"input_ids": tokens, **_defaults(_substitution(manifest)), **feeds})[0]
+    patched = session.run(["logits"], {"input_ids": tokens, **_client_feeds(manifest), **feeds})[0]
     expected = model.run_graph(tokens, ["logits"], feeds)["logits"]
     assert np.abs(expected - logits).max() > 1e-2  # the patch matters
     np.testing.assert_allclose(patched, expected, atol=1e-5)
@@ -118,7 +123,7 @@ def test_cli_deploy_keeps_only_the_hooks_asked_for(small_bundle, tmp_path):
     session = _session(out / "model.onnx")
     assert sorted(o.name for o in session.get_outputs()) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern", site, "logits"]
     inputs = {f"{site}.add", f"{site}.patch", f"{site}.patch_mask"}
-    assert {i.name for i in session.get_inputs()} == {"input_ids"} | inputs
+    assert {i.name for i in session.get_inputs()} == {"input_ids", "attention_mask", "position_ids"} | inputs
     assert set(manifest["hooks"][2]["inputs"].values()) == inputs
 
 

@@ -86,6 +86,7 @@ class BundleGraph:
         self.input_names = {i.name for i in proto.graph.input}
         self._sessions.clear()
         self._types = None
+        self.__dict__.pop("tensor_names", None)  # cached from the old proto
 
     def to(self, device: str) -> None:
         """Run on ``device`` from now on: the sessions are made again there (the weights stay shared)."""
