@@ -310,3 +310,16 @@ def test_a_damaged_manifest_is_one_clear_error(small_bundle, tmp_path, edit, mes
     if "shape" not in message:  # inspect reads the manifest, not the graph
         result = invoke("inspect", bundle, expect=1)
         assert result.output.startswith("Error: ") and message.split()[-1] in result.output
+
+
+def test_from_pretrained_on_an_hf_folder_prints_only_the_export_stages(small_hf, small_bundle, tmp_path):
+    """Loading an HF folder exports it into the cache with the same quiet stages as `graphlens export`."""
+    code = (f"from graphlens import HookedTransformer; m = HookedTransformer.from_pretrained({str(small_hf)!r}); "
+            f"print(m.cfg.n_layers)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "GRAPHLENS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(read_manifest(small_bundle)["config"]["n_layers"])
+    stages = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    noise = [line for line in proc.stderr.splitlines() if not line.startswith("[")]
+    assert stages and noise == [], proc.stderr  # the export ran, and said nothing but its stages
