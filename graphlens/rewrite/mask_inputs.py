@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphlens.errors import ExportError
+
 ATTENTION_MASK, POSITION_IDS = "attention_mask", "position_ids"
 # name → (default value, meaning), as the manifest lists them
 DEFAULTS = {
@@ -31,7 +33,7 @@ def with_mask_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     inputs = {i.name: i for i in graph.input}
     if ATTENTION_MASK not in inputs or POSITION_IDS not in inputs:
-        raise ValueError("the graph has no attention_mask / position_ids inputs to give defaults to")
+        raise ExportError("the graph has no attention_mask / position_ids inputs to give defaults to")
     inner = {name: f"{_PREFIX}.{name}" for name in DEFAULTS}
     for node in graph.node:
         node.input[:] = [inner.get(name, name) for name in node.input]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float, Int
 
-from graphlens.errors import InputError, InputTypeError
+from graphlens.errors import InputError, InputTypeError, NotSupportedError
 from graphlens.rewrite.partition import pre_hook_tensor
 from graphlens.runtime.inputs import as_numpy, check_attention_mask, offset_position_ids
 
@@ -104,7 +104,7 @@ class EmbeddingsMixin:
         (``forward(padding_side=...)`` sets both).
         """
         if past_kv_cache is not None:
-            raise NotImplementedError("input_to_embed with past_kv_cache: use generate, which keeps its own KV cache")
+            raise NotSupportedError("input_to_embed with past_kv_cache: use generate, which keeps its own KV cache")
         tokens = self.tokens_from(input, prepend_bos, padding_side)
         mask = self.padding_mask(tokens, attention_mask, prepend_bos)
         residual = self.forward(tokens, stop_at_layer=0, attention_mask=mask)
