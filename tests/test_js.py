@@ -20,7 +20,7 @@ import pytest
 from graphlens import HookedTransformer
 from graphlens.deploy import deploy
 from graphlens.export.pipeline import export_bundle
-from graphlens.runtime.generation import attention_mask_for, offset_position_ids
+from graphlens.runtime.inputs import attention_mask_for, offset_position_ids
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "js"

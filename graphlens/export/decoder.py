@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-import onnx_graphsurgeon as gs
-
-from graphlens.architectures import Architecture
 import numpy as np
+import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from graphlens.architectures import Architecture

@@ -14,7 +14,7 @@ import numpy as np
 
 from graphlens.errors import InputError
 from graphlens.facade.kv_cache import KeyValueCache
-from graphlens.runtime.generation import attention_mask_for, offset_position_ids
+from graphlens.runtime.inputs import attention_mask_for, offset_position_ids
 from graphlens.runtime.graph import LOGITS
 from graphlens.runtime.hooks import blocks_run
 from graphlens.runtime.inputs import as_numpy

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import onnx
 
-from graphlens.export_names import PATCH_SUFFIXES, input_name, is_substitution_input
+from graphlens.export_names import input_name, is_substitution_input
 from graphlens.errors import InputError
 
 # What a request may feed at a site: "patch" (patch + patch_mask) and/or "add".

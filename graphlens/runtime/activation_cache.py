@@ -9,7 +9,7 @@ import numpy as np
 
 from graphlens.analysis.cache_methods import CacheAnalysisMixin
 from graphlens.runtime.session import resolve_device
-from graphlens.sites import UnknownHookError, get_act_name
+from graphlens.sites import get_act_name
 from graphlens.errors import InputError, InputTypeError
 from graphlens.slicing import Slice
 

@@ -15,7 +15,6 @@ from typing import Callable, Literal, Mapping, Sequence, Union
 import numpy as np
 from jaxtyping import Float, Int
 
-from graphlens.export_names import PATCH_SUFFIXES
 from graphlens.runtime.activation_cache import ActivationCache
 from graphlens.runtime.embeddings import as_embeds, embed_input
 from graphlens.runtime.inputs import as_numpy, attention_mask_for, check_tokens, offset_position_ids

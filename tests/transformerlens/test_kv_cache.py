@@ -14,7 +14,7 @@ from transformer_lens import TransformerLensKeyValueCache
 
 from graphlens import HookedTransformer, KeyValueCache
 from graphlens.errors import InputError
-from graphlens.runtime.generation import attention_mask_for
+from graphlens.runtime.inputs import attention_mask_for
 from tests.models import tl_reference
 from tests.test_equivalence import assert_close
 
