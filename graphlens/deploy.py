@@ -24,21 +24,9 @@ from graphlens.bundle import EXTERNAL_DATA_FILE, FORMAT_VERSION, derived_bundle_
 from graphlens.errors import InputError
 from graphlens.rewrite.manifest_io import graph_io, hook_entries, input_defaults
 from graphlens.rewrite.specialise import specialise
-from graphlens.sites import hooks_matching
+from graphlens.sites import select_hooks
 from graphlens.runtime.graph import LOGITS
 from graphlens.runtime.tokenizer import tokenizer_entry
-
-
-def select_hooks(names: Sequence[str], patterns: Iterable[str], option: str) -> list[str]:
-    """Hooks matching any of ``patterns`` (globs or substrings), in ``names``' order; "all" matches every hook."""
-    chosen: set[str] = set()
-    for pattern in patterns:
-        found = list(names) if pattern == "all" else hooks_matching(names, pattern)
-        if not found:
-            raise InputError(f"{option} {pattern!r} matches no hook (a glob such as 'blocks.*.attn.hook_z', a substring "
-                             f"such as 'resid_pre', or 'all'); the bundle has {len(names)} hooks, e.g. {', '.join(names[:3])}")
-        chosen.update(found)
-    return [n for n in names if n in chosen]
 
 
 def deployment_graph(model: onnx.ModelProto, outputs: Sequence[str], patch_sites: Sequence[str]) -> onnx.ModelProto:

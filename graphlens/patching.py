@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from graphlens.runtime.inputs import as_numpy, check_tokens
 from graphlens.runtime.graph import LOGITS
-from graphlens.runtime.memory import PeakUse, rss_bytes, used_bytes
+from graphlens.runtime.memory import PeakUse, estimated_run_bytes, rss_bytes, used_bytes
 from graphlens.runtime.sweep import SiteSweep
 from graphlens.sites import UnknownHookError, get_act_name
 from graphlens.errors import InputError, NotCachedError
@@ -64,14 +64,6 @@ def _index_rows(model, activation_name, n_pos, index_axis_names, index_df) -> tu
         raise InputError(f"unknown index axis names {unknown}; use {sorted(ranges)}")
     shape = [ranges[a] for a in index_axis_names]
     return [list(row) for row in itertools.product(*[range(n) for n in shape])], shape
-
-
-def _variant_bytes(model, tokens: np.ndarray) -> int:
-    """A rough peak of one variant's run: logits, attention scores and MLP activations."""
-    c = model.cfg
-    batch, pos = tokens.shape
-    floats = pos * (3 * c.d_vocab_out + 3 * c.n_heads * pos + 4 * c.d_mlp + 8 * c.d_model)
-    return batch * floats * np.dtype(c.dtype).itemsize
 
 
 def generic_activation_patch(
@@ -136,7 +128,7 @@ class _Chunks:
 
     The first run has one variant; the resident memory the sweep holds by then plus the peak that run
     added (both measured, ``runtime.memory``) say how many variants fit in ``memory_budget_mb``. Where
-    memory cannot be measured, a shape-based estimate (``_variant_bytes``) stands in.
+    memory cannot be measured, a shape-based estimate (``runtime.memory.estimated_run_bytes``) stands in.
     """
 
     def __init__(self, model, tokens: np.ndarray, max_batch, memory_budget_mb):
@@ -150,7 +142,7 @@ class _Chunks:
         self.size = int(max_batch) if max_batch is not None else 1
         self.measured = max_batch is not None
         if not self.measured and self.start is None:  # nothing to measure with: estimate from the shapes
-            self.size = self._fitting(0, _variant_bytes(model, tokens))
+            self.size = self._fitting(0, estimated_run_bytes(model.cfg, *tokens.shape))
             self.measured = True
 
     def _fitting(self, held: int, per_variant: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from graphlens.errors import InputError, UnknownHookError
 
@@ -155,12 +155,20 @@ def get_act_name(name: str, layer: int | str | None = None, layer_type: str | No
     return full
 
 
-def match_hooks(names: list[str], pattern: str) -> list[str]:
-    """``hooks_matching``, where no match is an error naming the pattern and example names."""
-    chosen = hooks_matching(names, pattern)
+def match_hooks(names: list[str], pattern: str, option: str = "") -> list[str]:
+    """``hooks_matching``, or every hook for ``"all"``; no match is an error naming the pattern (and the
+    ``option`` it came from)."""
+    chosen = list(names) if pattern == "all" else hooks_matching(names, pattern)
     if not chosen:
+        given = f"{option} {pattern!r} matches no hook" if option else f"no hook name matches {pattern!r}"
         raise InputError(
-            f"no hook name matches {pattern!r} (a glob such as 'blocks.*.attn.hook_pattern' or a substring "
-            f"such as 'resid_post'); the model has {len(names)} hooks, e.g. {', '.join(names[:3])}"
+            f"{given} (a glob such as 'blocks.*.attn.hook_pattern', a substring such as 'resid_post', or 'all'); "
+            f"the model has {len(names)} hooks, e.g. {', '.join(names[:3])}"
         )
     return chosen
+
+
+def select_hooks(names: Sequence[str], patterns: Iterable[str], option: str = "") -> list[str]:
+    """Hooks matching any of ``patterns`` (each as ``match_hooks``), in ``names``' order."""
+    chosen = {hook for pattern in patterns for hook in match_hooks(list(names), pattern, option)}
+    return [name for name in names if name in chosen]

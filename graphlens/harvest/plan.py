@@ -14,8 +14,8 @@ import numpy as np
 
 from graphlens.errors import InputError
 from graphlens.harvest.layout import HookLayout, hook_layout
-from graphlens.patching import _variant_bytes
-from graphlens.sites import match_hooks
+from graphlens.runtime.memory import estimated_run_bytes
+from graphlens.sites import select_hooks
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
 DTYPES = ("float16", "float32")
@@ -77,13 +77,13 @@ def make_plan(
         raise InputError(f"--max-tokens {max_tokens} is less than one sequence of --context-size {context_size}")
     if not patterns:
         raise InputError("give at least one hook pattern (--hooks), e.g. 'blocks.*.hook_resid_post'")
-    hooks = [n for n in model.hook_names if n in {m for p in patterns for m in match_hooks(model.hook_names, p)}]
+    hooks = select_hooks(model.hook_names, patterns)
     layouts = [hook_layout(name, model.cfg.to_dict(), context_size) for name in hooks]
     per_sequence = bytes_per_sequence(layouts, dtype, context_size)
     budget = memory_budget_mb * 2**20
     shard_bytes = budget / 4
     if batch_size is None:
-        run_bytes = _variant_bytes(model, np.zeros((1, context_size), np.int64))
+        run_bytes = estimated_run_bytes(model.cfg, 1, context_size)
         batch_size = max(1, int((budget - 2 * shard_bytes) // (run_bytes + 3 * per_sequence)))
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")

@@ -13,6 +13,8 @@ import ctypes
 import os
 import threading
 
+import numpy as np
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _INTERVAL_S = 0.001
 
@@ -92,3 +94,10 @@ class PeakUse:
             self._stop.set()
             self._thread.join()
             self._note()
+
+
+def estimated_run_bytes(cfg, batch: int, pos: int) -> int:
+    """A rough peak of one forward run of ``batch × pos`` tokens, from the model's shapes: logits,
+    attention scores and MLP activations (where nothing can be measured)."""
+    floats = pos * (3 * cfg.d_vocab_out + 3 * cfg.n_heads * pos + 4 * cfg.d_mlp + 8 * cfg.d_model)
+    return batch * floats * np.dtype(cfg.dtype).itemsize
