@@ -38,8 +38,8 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PROMPT = "The import statement binds a name. The import statement binds a name"
 LAYER, HEAD, QUERY = 1, 0, 14
 ATOL = 1e-4
-# steering: the unembedding of the clean top-k's 4th token at resid_pre of layer 1 (every position), then
-# L1H0's output at the last position (last position only), then the logit lens' last cell (every position)
+# steering at resid_pre of layer 1: the logit lens' last cell's token (every position), L1H0's output at the
+# last position (last position only), the clean top-k's 4th token (every position; the screenshot shows it)
 STEER = {"layer": 1, "coefficient": 8, "rank": 3, "head": "1:0", "headCoefficient": -5}
 # Chromium's flags per run, and a second tab forcing the other backend
 BROWSERS = {

@@ -2,8 +2,8 @@
 // node drive-view.mjs SPEC   SPEC is JSON: {url, args, prompt, head, query, screenshot, steer, alsoLoad}
 //   args: extra Chromium flags (e.g. ["--enable-unsafe-webgpu"]); head "layer:head" is selected, hovered from
 //   token `query`, then ablated; steer {layer, coefficient, rank, head, headCoefficient}: steer along the
-//   unembedding of the clean top-k's token at `rank` (every position), then along head `head`'s output
-//   (last position, headCoefficient), then along the logit lens' last cell's token (every position); alsoLoad: a query string (e.g. "?backend=wasm") loaded afterwards in
+//   unembedding of the logit lens' last cell's token (every position), then along head `head`'s output (last
+//   position, headCoefficient), then along the clean top-k's token at `rank` (every position); alsoLoad: a query string (e.g. "?backend=wasm") loaded afterwards in
 //   a second tab of the same browser, whose status and backend are reported.
 import { chromium } from 'playwright-core';
 
@@ -58,18 +58,17 @@ try {
   const { steer } = spec;
   await settled(() => page.selectOption('#steer-layer', String(steer.layer)));
   await settled(() => setCoefficient(steer.coefficient));
-  await settled(() => page.locator('#topk tr[data-id]').nth(steer.rank).locator('td.pick').first().click());
-  result.steerToken = await steering();
+  await settled(() => page.locator('#lens td.pick').last().click());
+  result.steerLens = await steering();
+  result.steerLensCell = await page.$eval('#lens tr:last-child td:last-child', (td) => ({ ...td.dataset }));
   await settled(() => page.selectOption('#steer-positions', 'last'));
   await settled(() => setCoefficient(steer.headCoefficient));
   await settled(() => page.click(`[data-head="${steer.head}"] button.steer`));
   result.steerHead = await steering();
-  // the logit lens' last cell (the final prediction's token), every position, for the screenshot too
   await settled(() => page.selectOption('#steer-positions', 'all'));
   await settled(() => setCoefficient(steer.coefficient));
-  await settled(() => page.locator('#lens td.pick').last().click());
-  result.steerLens = await steering();
-  result.steerLensCell = await page.$eval('#lens tr:last-child td:last-child', (td) => ({ ...td.dataset }));
+  await settled(() => page.locator('#topk tr[data-id]').nth(steer.rank).locator('td.pick').first().click());
+  result.steerToken = await steering();
   await page.hover(`.tok[data-pos="${spec.query}"]`);
   await page.screenshot({ path: spec.screenshot, fullPage: true });
   result.errors = errors;
