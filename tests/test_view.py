@@ -228,6 +228,7 @@ def test_page_steering_equals_python(page, python):
     shown = page["steerToken"]
     token = int(np.argsort(-clean, kind="stable")[STEER["rank"]])
     assert shown["summary"]["direction"] == f"token:{token}" and shown["summary"]["positions"] == "all"
+    assert float(shown["summary"]["coefficient"]) == STEER["coefficient"]  # typed
     steered = _steered(model, tokens, hook, STEER["coefficient"] * _unit(model.W_U[:, token]), last_only=False)
     _check_steering(shown, steered, clean)
     np.testing.assert_allclose(float(shown["summary"]["steered"]), steered[token], atol=ATOL)
@@ -239,6 +240,7 @@ def test_page_steering_equals_python(page, python):
     layer, head = map(int, STEER["head"].split(":"))
     result = cache[f"blocks.{layer}.attn.hook_z"][0, -1, head] @ model.W_O[layer, head]
     assert shown["summary"]["direction"] == f"head:{layer}:{head}" and shown["summary"]["positions"] == "last"
+    assert float(shown["summary"]["coefficient"]) == STEER["headCoefficient"]  # set with the slider (on its step grid)
     add = np.zeros((1, tokens.shape[1], model.cfg.d_model), model.cfg.dtype)
     add[0, -1] = STEER["headCoefficient"] * _unit(result)
     steered = model.run_graph(tokens, ["logits"], {f"{hook}.add": add})["logits"][0, -1]

@@ -2,9 +2,10 @@
 // node drive-view.mjs SPEC   SPEC is JSON: {url, args, prompt, head, query, screenshot, steer, alsoLoad}
 //   args: extra Chromium flags (e.g. ["--enable-unsafe-webgpu"]); head "layer:head" is selected, hovered from
 //   token `query`, then ablated; steer {layer, coefficient, rank, head, headCoefficient}: steer along the
-//   unembedding of the logit lens' last cell's token (every position), then along head `head`'s output (last
-//   position, headCoefficient), then along the clean top-k's token at `rank` (every position); alsoLoad: a query string (e.g. "?backend=wasm") loaded afterwards in
-//   a second tab of the same browser, whose status and backend are reported.
+//   unembedding of the logit lens' last cell's token (every position), then along head `head`'s output
+//   (last position, headCoefficient set with the slider), then along the clean top-k's token at `rank`
+//   (every position); alsoLoad: a query string (e.g. "?backend=wasm") loaded afterwards in a second tab of
+//   the same browser, whose status and backend are reported.
 import { chromium } from 'playwright-core';
 
 const spec = JSON.parse(process.argv[2]);
@@ -34,7 +35,11 @@ const probe = (p) => p.evaluate(async () => {
 const backend = (p) => p.$eval('#backend', (b) => ({ ...b.dataset, text: b.textContent }));
 const rows = (table) => page.$$eval(`${table} tr[data-id]`, (trs) => trs.map((tr) => ({ ...tr.dataset, text: [...tr.children].map((td) => td.textContent) })));
 const steering = async () => ({ summary: await page.$eval('#steer-summary', (p) => ({ ...p.dataset, text: p.textContent })), rows: await rows('#steer-topk') });
-const setCoefficient = (value) => page.$eval('#steer-coef-value', (input, v) => { input.value = v; input.dispatchEvent(new Event('change')); }, String(value));
+/** Type the coefficient (`input` "#steer-coef-value", a change event) or drag the slider (`input` "#steer-coef"). */
+const setCoefficient = (value, input = '#steer-coef-value') => page.$eval(input, (el, v) => {
+  el.value = v;
+  el.dispatchEvent(new Event(el.type === 'range' ? 'input' : 'change'));
+}, String(value));
 
 try {
   await page.goto(spec.url);
@@ -62,7 +67,7 @@ try {
   result.steerLens = await steering();
   result.steerLensCell = await page.$eval('#lens tr:last-child td:last-child', (td) => ({ ...td.dataset }));
   await settled(() => page.selectOption('#steer-positions', 'last'));
-  await settled(() => setCoefficient(steer.headCoefficient));
+  await settled(() => setCoefficient(steer.headCoefficient, '#steer-coef'));
   await settled(() => page.click(`[data-head="${steer.head}"] button.steer`));
   result.steerHead = await steering();
   await settled(() => page.selectOption('#steer-positions', 'all'));

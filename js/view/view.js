@@ -364,7 +364,7 @@ function steeringScale() {
   const T = state.run.row.length;
   const norms = Array.from({ length: L }, (_, l) => Math.hypot(...state.run.hooks[`blocks.${l}.hook_resid_pre`].subarray((T - 1) * d, T * d)));
   const range = Math.max(10, Math.ceil(3 * Math.max(...norms)));
-  Object.assign($('steer-coef'), { min: -range, max: range, step: range / 200 });
+  Object.assign($('steer-coef'), { min: -range, max: range, step: 10 ** Math.floor(Math.log10(range / 100)) });
   if ($('steer-coef-value').value === '') {
     $('steer-coef-value').value = String(Math.round(norms[L - 1]));
     $('steer-coef').value = $('steer-coef-value').value;
