@@ -5,8 +5,10 @@ the residual stream before each block and after the last, every ``hook_z`` with 
 inputs, every ``hook_resid_pre`` with a required ``.add`` for steering, the final norm's scale), the
 JavaScript package (``js/src``) for tokenizing and feeding it, and onnxruntime-web's files from
 ``js/node_modules`` (its WebAssembly build, and its WebGPU build for browsers whose ``navigator.gpu``
-gives an adapter): nothing comes from a CDN, and no Python runs while it is open. The logit lens and direct logit attribution need ``W_U``, ``b_U``, ``W_O`` and the
-final norm, which the page reads from ``lens.bin`` (float32, laid out as ``lens.json`` says).
+gives an adapter): nothing comes from a CDN, and no Python runs while it is open. The logit lens, direct
+logit attribution and the steering directions (a token's ``W_U`` column, a head's ``hook_z · W_O``) need
+``W_U``, ``b_U``, ``W_O`` and the final norm, which the page reads from ``lens.bin`` (float32, laid out as
+``lens.json`` says).
 """
 
 from __future__ import annotations
