@@ -184,7 +184,7 @@ function renderGrid() {
         serial(renderPrediction);
       });
       const steer = append(document.createElement('button'), ['steer']);
-      steer.className = 'steer';
+      steer.className = 'steer' + (steeringHead() === key ? ' on' : '');
       steer.title = `steer along L${l}H${h}'s output at the last position (hook_z · W_O)`;
       steer.addEventListener('click', () => setSteer({ kind: 'head', layer: l, head: h }));
       const box = append(document.createElement('div'), [canvas, `L${l}H${h}`, document.createElement('br'), button, ' ', steer]);
@@ -375,7 +375,13 @@ function steeringScale() {
 
 function setSteer(direction) {
   state.steer = direction;
+  for (const button of document.querySelectorAll('.head button.steer')) button.classList.toggle('on', button.parentElement.dataset.head === steeringHead());
   return scheduleSteering();
+}
+
+/** "layer:head" of the head steered along, or null. */
+function steeringHead() {
+  return state.steer?.kind === 'head' ? `${state.steer.layer}:${state.steer.head}` : null;
 }
 
 /** Queue a steering run; one queued behind a newer one (a dragged slider) is skipped. */
