@@ -41,10 +41,13 @@ ATOL = 1e-4
 # steering at resid_pre of layer 1: the logit lens' last cell's token (every position), L1H0's output at the
 # last position (last position only), the clean top-k's 4th token (every position; the screenshot shows it)
 STEER = {"layer": 1, "coefficient": 8, "rank": 3, "head": "1:0", "headCoefficient": -5}
-# Chromium's flags per run, and a second tab forcing the other backend
+# Chromium's flags per run, and the pages loaded afterwards in another tab: the other backend forced, and (with
+# WebGPU) a copy of the page without onnxruntime-web's WebGPU runtime (BROKEN), whose WebGPU session fails
+BROKEN = "page-without-webgpu-wasm"
 BROWSERS = {
-    "no-webgpu": {"args": [], "alsoLoad": "?backend=webgpu", "screenshot": "view.png"},
-    "webgpu": {"args": ["--enable-unsafe-webgpu"], "alsoLoad": "?backend=wasm", "screenshot": "view-webgpu.png"},
+    "no-webgpu": {"args": [], "alsoLoad": ["?backend=webgpu"], "screenshot": "view.png"},
+    "webgpu": {"args": ["--enable-unsafe-webgpu"], "alsoLoad": ["?backend=wasm", f"../{BROKEN}/", f"../{BROKEN}/?backend=webgpu"],
+               "screenshot": "view-webgpu.png"},
 }
 
 
@@ -82,7 +85,10 @@ def page_folder(shipped_bundle):
         if os.environ.get("CI") == "true" or os.environ.get("GRAPHLENS_REQUIRE_JS") == "1":
             pytest.fail(f"CI=true / GRAPHLENS_REQUIRE_JS=1 but {reason}")
         pytest.skip(reason)
-    return build_view(shipped_bundle, shipped_bundle.parent / "page")
+    folder = build_view(shipped_bundle, shipped_bundle.parent / "page")
+    broken = shutil.copytree(folder, folder.parent / BROKEN)
+    (broken / "ort" / ORT_BUILDS["webgpu"][-1]).unlink()
+    return folder
 
 
 @pytest.fixture(scope="module", params=list(BROWSERS))
@@ -92,8 +98,8 @@ def page(request, page_folder):
     browser = BROWSERS[request.param]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / browser["screenshot"]
-    with _serving(page_folder) as base:
-        spec = {"url": f"{base}/", "args": browser["args"], "alsoLoad": browser["alsoLoad"], "prompt": PROMPT,
+    with _serving(page_folder.parent) as base:
+        spec = {"url": f"{base}/{page_folder.name}/", "args": browser["args"], "alsoLoad": browser["alsoLoad"], "prompt": PROMPT,
                 "head": f"{LAYER}:{HEAD}", "query": QUERY, "screenshot": str(shot), "steer": STEER}
         run = subprocess.run(["node", "drive-view.mjs", json.dumps(spec)],
                              cwd=REPO / "js" / "browser", capture_output=True, text=True, timeout=600)
@@ -173,8 +179,9 @@ def test_page_logit_lens_and_attribution_equal_python(page, python):
 
 
 def test_page_runs_on_the_backend_the_browser_offers(page):
-    """WebGPU when navigator.gpu gives an adapter (asked for in the page's tab, not through the page's code),
-    else WebAssembly with the reason shown; ?backend= forces one, and a forced WebGPU without an adapter is an error."""
+    """WebGPU when navigator.gpu gives an adapter (asked for in the page's tab, not through the page's code) and its
+    session opens, else WebAssembly with the reason shown; ?backend= forces one, and a forced WebGPU that cannot
+    run is an error."""
     adapter = page["probe"]["adapter"]
     shown = page["backend"]
     assert shown["backend"] == ("webgpu" if adapter else "wasm")
@@ -184,13 +191,21 @@ def test_page_runs_on_the_backend_the_browser_offers(page):
         assert shown["detail"].startswith(f"{adapter['vendor']} {adapter['architecture']}")
     else:
         assert shown["detail"] == "no WebGPU: navigator.gpu.requestAdapter() gave no adapter"
-    other = page["alsoLoaded"]
     if page["browser"] == "no-webgpu":
         assert adapter is None  # headless Chromium without --enable-unsafe-webgpu has none
-        assert other["status"]["state"] == "error" and "?backend=webgpu, but navigator.gpu.requestAdapter() gave no adapter" in other["status"]["text"]
-    else:
-        assert other["backend"]["backend"] == "wasm" and other["backend"]["detail"] == "forced with ?backend=wasm"
-        assert other["status"]["state"] == "ready" and other["status"]["text"].endswith(", WebAssembly)")
+        [forced] = page["alsoLoaded"]
+        assert forced["status"]["state"] == "error" and "?backend=webgpu, but navigator.gpu.requestAdapter() gave no adapter" in forced["status"]["text"]
+        return
+    forced, broken, broken_forced = page["alsoLoaded"]
+    assert forced["backend"]["backend"] == "wasm" and forced["backend"]["detail"] == "forced with ?backend=wasm"
+    assert forced["status"]["state"] == "ready" and forced["status"]["text"].endswith(", WebAssembly)")
+    if adapter:
+        # WebGPU's session fails to open (its runtime is missing): auto falls back and says why, forced is an error
+        assert broken["backend"]["backend"] == "wasm" and broken["status"]["state"] == "ready"
+        assert broken["backend"]["detail"].startswith("no WebGPU: onnxruntime-web's WebGPU session failed: ")
+        assert broken_forced["status"]["state"] == "error"
+        assert broken_forced["status"]["text"].startswith("error: onnxruntime-web's WebGPU session failed: ")
+        assert broken_forced["status"]["text"].endswith("; run on WebAssembly (?backend=wasm)")
 
 
 def _steered(model, tokens, hook: str, direction, last_only: bool):

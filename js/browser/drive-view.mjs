@@ -1,11 +1,11 @@
 // Drive a `graphlens view` page in headless Chromium and print what it shows, as JSON.
-// node drive-view.mjs SPEC   SPEC is JSON: {url, args, prompt, head, query, screenshot, steer, alsoLoad}
+// node drive-view.mjs SPEC   SPEC is JSON: {url, args, prompt, head, query, screenshot, steer, alsoLoad: [...]}
 //   args: extra Chromium flags (e.g. ["--enable-unsafe-webgpu"]); head "layer:head" is selected, hovered from
 //   token `query`, then ablated; steer {layer, coefficient, rank, head, headCoefficient}: steer along the
 //   unembedding of the logit lens' last cell's token (every position), then along head `head`'s output
 //   (last position, headCoefficient set with the slider), then along the clean top-k's token at `rank`
-//   (every position); alsoLoad: a query string (e.g. "?backend=wasm") loaded afterwards in a second tab of
-//   the same browser, whose status and backend are reported.
+//   (every position); alsoLoad: addresses relative to url (e.g. "?backend=wasm") loaded afterwards, one by one,
+//   in another tab of the same browser, whose status and backend are reported.
 import { chromium } from 'playwright-core';
 
 const spec = JSON.parse(process.argv[2]);
@@ -78,11 +78,13 @@ try {
   await page.screenshot({ path: spec.screenshot, fullPage: true });
   result.errors = errors;
 
-  if (spec.alsoLoad) {
+  result.alsoLoaded = [];
+  for (const address of spec.alsoLoad ?? []) {
     const other = await browser.newPage();
-    await other.goto(new URL(spec.alsoLoad, spec.url).href);
+    await other.goto(new URL(address, spec.url).href);
     await finished(other);
-    result.alsoLoaded = { status: await other.$eval('#status', (s) => ({ ...s.dataset, text: s.textContent })), backend: await backend(other) };
+    result.alsoLoaded.push({ status: await other.$eval('#status', (s) => ({ ...s.dataset, text: s.textContent })), backend: await backend(other) });
+    await other.close();
   }
   console.log(JSON.stringify(result));
 } finally {

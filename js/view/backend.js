@@ -53,7 +53,7 @@ export async function openOnBackend(search, open) {
       return { ort, result: await open(ort, ['webgpu']), backend: 'webgpu', detail: gpu.text };
     } catch (err) {
       reason = `onnxruntime-web's WebGPU session failed: ${err.message ?? err}`;
-      if (asked === 'webgpu') throw new Error(reason);
+      if (asked === 'webgpu') throw new Error(`${reason}; run on WebAssembly (?backend=wasm)`);
     }
   } else if (asked === 'webgpu') {
     throw new Error(`?backend=webgpu, but ${reason}: run on WebAssembly (?backend=wasm), or enable WebGPU in the browser`);
