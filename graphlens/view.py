@@ -1,11 +1,14 @@
-"""``graphlens view``: a static page that runs a bundle in the browser with onnxruntime-web (WebAssembly).
+"""``graphlens view``: a static page that runs a bundle in the browser with onnxruntime-web (WebGPU or WebAssembly).
 
 The page (``js/view/``) loads a deployment of the bundle (``graphlens.deploy``: the attention patterns,
 the residual stream before each block and after the last, every ``hook_z`` with required ``.patch``
-inputs, the final norm's scale), the JavaScript package (``js/src``) for tokenizing and feeding it, and
-onnxruntime-web's WebAssembly files from ``js/node_modules``: nothing comes from a CDN, and no Python
-runs while it is open. The logit lens and direct logit attribution need ``W_U``, ``b_U``, ``W_O`` and the
-final norm, which the page reads from ``lens.bin`` (float32, laid out as ``lens.json`` says).
+inputs, every ``hook_resid_pre`` with a required ``.add`` for steering, the final norm's scale), the
+JavaScript package (``js/src``) for tokenizing and feeding it, and onnxruntime-web's files from
+``js/node_modules`` (its WebAssembly build, and its WebGPU build for browsers whose ``navigator.gpu``
+gives an adapter): nothing comes from a CDN, and no Python runs while it is open. The logit lens, direct
+logit attribution and the steering directions (a token's ``W_U`` column, a head's ``hook_z · W_O``) need
+``W_U``, ``b_U``, ``W_O`` and the final norm, which the page reads from ``lens.bin`` (float32, laid out as
+``lens.json`` says).
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from graphlens.errors import BundleError, InputError
 
 JS = Path(__file__).resolve().parents[1] / "js"
 ORT_WEB = JS / "node_modules" / "onnxruntime-web" / "dist"
-# the WebAssembly build only (no WebGPU): its entry module and the threaded SIMD runtime it imports
-ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# per backend, onnxruntime-web's entry module and the runtime it imports: the WebAssembly build (CPU kernels
+# only), and the WebGPU build (its WebGPU execution provider, compiled with asyncify; CPU kernels for the rest)
+ORT_BUILDS = {
+    "wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+    "webgpu": ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"),
+}
+ORT_FILES = tuple(name for files in ORT_BUILDS.values() for name in files)
+# the deployment's substitution inputs: .patch at every head's hook_z (ablation), .add at every resid_pre (steering)
+PATCH_SITES = ("blocks.*.attn.hook_z", "blocks.*.hook_resid_pre")
 # onnxruntime-web runs in 32-bit WebAssembly (4 GiB of memory at most) and holds the weights twice while a
 # session opens (the fetched bytes and its copy). Measured in headless Chromium (js/bench/browser-size/probe.sh):
 # 1.0 GiB of weights open with a 2.2 GiB renderer, 1.5 GiB with 3.2 GiB; larger sizes were not tried here
@@ -115,7 +125,7 @@ def build_view(bundle: str | Path, out: str | Path, overwrite: bool = False, pro
         (tmp / "ort").mkdir()
         for name in ORT_FILES:
             shutil.copy2(ORT_WEB / name, tmp / "ort" / name)
-        deployed = deploy(bundle, tmp / "bundle", hooks=hooks, patch=["blocks.*.attn.hook_z"], decoder=False)
+        deployed = deploy(bundle, tmp / "bundle", hooks=hooks, patch=PATCH_SITES, decoder=False)
         write_lens(HookedTransformer.from_pretrained(str(bundle)), tmp)
         size = bundle_bytes(deployed, read_manifest(deployed)) + (tmp / "lens.bin").stat().st_size
         check_browser_size(size, "the page's deployment and lens weights")
@@ -139,4 +149,4 @@ def serve(folder: Path, port: int, host: str = "127.0.0.1") -> http.server.Threa
     return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(folder)))
 
 
-__all__ = ["BROWSER_LIMIT_BYTES", "build_view", "serve", "view_hooks"]
+__all__ = ["BROWSER_LIMIT_BYTES", "ORT_BUILDS", "PATCH_SITES", "build_view", "serve", "view_hooks"]

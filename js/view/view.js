@@ -1,15 +1,15 @@
-// graphlens view: a bundle's attention patterns, logit lens, head attribution and head ablation, computed
-// in the browser by onnxruntime-web (WebAssembly) from a `graphlens deploy` bundle in ./bundle/.
-import * as ort from './ort/ort.wasm.min.mjs';
+// graphlens view: a bundle's attention patterns, logit lens, head attribution, head ablation and steering,
+// computed in the browser by onnxruntime-web (WebGPU when navigator.gpu gives an adapter, else WebAssembly)
+// from a `graphlens deploy` bundle in ./bundle/. `?backend=wasm|webgpu|auto` (default auto) chooses.
 import { loadBundle, toFloat32 } from './graphlens/index.js';
+import { BACKEND_NAMES, openOnBackend } from './backend.js';
 
-ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
-ort.env.wasm.numThreads = 1; // a static server sends no cross-origin isolation headers: one thread
 const TOP_K = 8;
 const $ = (id) => document.getElementById(id);
 function append(node, children) { for (const c of children) node.append(c); return node; }
 const fmt = (x) => x.toFixed(4);
-const state = { ablated: new Set(), selected: [0, 0], query: null };
+const state = { ablated: new Set(), selected: [0, 0], query: null, steer: null, queue: Promise.resolve(), steerGeneration: 0 };
+let ort = null; // the onnxruntime-web build of the chosen backend
 
 function status(text, kind = 'running') {
   $('status').textContent = text;
@@ -109,6 +109,8 @@ async function analyse() {
   $('target').value = tokenText(state.target);
   renderAttribution();
   await renderPrediction();
+  steeringScale();
+  await renderSteering();
 }
 
 // ---- views -----------------------------------------------------------------------------------------
@@ -179,9 +181,13 @@ function renderGrid() {
       button.addEventListener('click', async () => {
         if (state.ablated.has(key)) state.ablated.delete(key); else state.ablated.add(key);
         renderGrid();
-        await guarded(renderPrediction);
+        serial(renderPrediction);
       });
-      const box = append(document.createElement('div'), [canvas, `L${l}H${h}`, document.createElement('br'), button]);
+      const steer = append(document.createElement('button'), ['steer']);
+      steer.className = 'steer' + (steeringHead() === key ? ' on' : '');
+      steer.title = `steer along L${l}H${h}'s output at the last position (hook_z · W_O)`;
+      steer.addEventListener('click', () => setSteer({ kind: 'head', layer: l, head: h }));
+      const box = append(document.createElement('div'), [canvas, `L${l}H${h}`, document.createElement('br'), button, ' ', steer]);
       box.className = 'head' + (state.ablated.has(key) ? ' ablated' : '') + (state.selected[0] === l && state.selected[1] === h ? ' selected' : '');
       box.dataset.head = key;
       heads.push(box);
@@ -224,6 +230,7 @@ function renderLens() {
       const td = append(document.createElement('td'), [tokenText(best)]);
       Object.assign(td.dataset, { layer: label, pos, id: best, value: String(logits[best]) });
       td.title = `logit ${fmt(logits[best])}`;
+      pickable(td, best);
       cells.push(td);
     }
     rows.push(append(document.createElement('tr'), [append(document.createElement('th'), [label]), ...cells]));
@@ -243,10 +250,23 @@ function setTarget(text) {
   renderAttribution();
 }
 
+/** Head `head` of layer `layer`'s output at `pos` (its hook_z · W_O, TransformerLens' hook_result). */
+function headResult(layer, head, pos) {
+  const { n_heads: H, d_head: D, d_model: d } = state.model.cfg;
+  const z = state.run.hooks[`blocks.${layer}.attn.hook_z`];
+  const result = new Float64Array(d);
+  for (let e = 0; e < D; e++) {
+    const zv = z[(pos * H + head) * D + e];
+    const w = state.lens.W_O.subarray(((layer * H + head) * D + e) * d, ((layer * H + head) * D + e + 1) * d);
+    for (let i = 0; i < d; i++) result[i] += zv * w[i];
+  }
+  return result;
+}
+
 /** Each head's direct contribution to the target's logit at the last position: z W_O, final scale, W_U[:, target]. */
 function renderAttribution() {
   const { model, lens } = state;
-  const { n_layers: L, n_heads: H, d_head: D, d_model: d } = model.cfg;
+  const { n_layers: L, n_heads: H, d_model: d } = model.cfg;
   const target = state.target;
   $('target-info').textContent = `token ${target}`;
   $('target-info').dataset.id = target;
@@ -258,15 +278,9 @@ function renderAttribution() {
   const rows = [append(document.createElement('tr'), [append(document.createElement('th'), ['']),
     ...Array.from({ length: H }, (_, h) => append(document.createElement('th'), [`H${h}`]))])];
   for (let l = 0; l < L; l++) {
-    const z = state.run.hooks[`blocks.${l}.attn.hook_z`];
     const cells = [];
     for (let h = 0; h < H; h++) {
-      const result = new Float64Array(d);
-      for (let e = 0; e < D; e++) {
-        const zv = z[((T - 1) * H + h) * D + e];
-        const w = lens.W_O.subarray(((l * H + h) * D + e) * d, ((l * H + h) * D + e + 1) * d);
-        for (let i = 0; i < d; i++) result[i] += zv * w[i];
-      }
+      const result = headResult(l, h, T - 1);
       const mean = centre ? result.reduce((a, b) => a + b, 0) / d : 0;
       let value = 0;
       for (let i = 0; i < d; i++) value += (result[i] - mean) / scale * lens.W_U[i * vocab + target];
@@ -278,6 +292,37 @@ function renderAttribution() {
     rows.push(append(document.createElement('tr'), [append(document.createElement('th'), [`L${l}`]), ...cells]));
   }
   $('dla').replaceChildren(...rows);
+}
+
+/** Table rows: the clean top-k tokens' clean and `label` logits and change, and the `label` top-k beside them
+ * (row data: id, clean, <label>, <label>Top, <label>TopValue). A token cell click steers along that token. */
+function comparisonRows(clean, other, label) {
+  const header = append(document.createElement('tr'), ['rank', 'token', 'clean logit', `${label} logit`, 'change', '', `${label} top`, 'logit']
+    .map((t) => append(document.createElement('th'), [t])));
+  const cleanTop = topk(clean, TOP_K);
+  const otherTop = topk(other, TOP_K);
+  const rows = cleanTop.map((id, rank) => {
+    const change = other[id] - clean[id];
+    const cells = [String(rank + 1), tokenText(id), fmt(clean[id]), fmt(other[id]), signed(change), '',
+      tokenText(otherTop[rank]), fmt(other[otherTop[rank]])].map((t) => append(document.createElement('td'), [t]));
+    cells[4].className = change > 0 ? 'up' : change < 0 ? 'down' : '';
+    pickable(cells[1], id);
+    pickable(cells[6], otherTop[rank]);
+    const tr = append(document.createElement('tr'), cells);
+    Object.assign(tr.dataset, { id, clean: String(clean[id]), [label]: String(other[id]), [`${label}Top`]: otherTop[rank], [`${label}TopValue`]: String(other[otherTop[rank]]) });
+    return tr;
+  });
+  return [header, ...rows];
+}
+
+const signed = (x) => (x >= 0 ? '+' : '') + fmt(x);
+
+/** Clicking `cell` steers along token `id`'s unembedding direction. */
+function pickable(cell, id) {
+  cell.classList.add('pick');
+  cell.dataset.pick = id;
+  cell.title = `${cell.title ? cell.title + '; ' : ''}click: steer along W_U[:, ${id}]`;
+  cell.addEventListener('click', () => setSteer({ kind: 'token', id }));
 }
 
 /** Top-k next tokens, clean and with the ablated heads (one more run through the hook_z patch inputs). */
@@ -294,21 +339,119 @@ async function renderPrediction() {
   }
   const heads = [...state.ablated].map((k) => k.split(':')).map(([l, h]) => `L${l}H${h}`);
   $('ablation-summary').textContent = heads.length ? `ablated (hook_z = 0): ${heads.join(', ')}` : 'no head ablated: click “ablate” under a head';
-  const header = append(document.createElement('tr'), ['rank', 'token', 'clean logit', 'ablated logit', 'change', '', 'ablated top', 'logit']
-    .map((t) => append(document.createElement('th'), [t])));
-  const cleanTop = topk(clean, TOP_K);
-  const ablatedTop = topk(ablated, TOP_K);
-  const rows = cleanTop.map((id, rank) => {
-    const change = ablated[id] - clean[id];
-    const cells = [String(rank + 1), tokenText(id), fmt(clean[id]), fmt(ablated[id]), (change >= 0 ? '+' : '') + fmt(change), '',
-      tokenText(ablatedTop[rank]), fmt(ablated[ablatedTop[rank]])].map((t) => append(document.createElement('td'), [t]));
-    cells[4].className = change > 0 ? 'up' : change < 0 ? 'down' : '';
-    const tr = append(document.createElement('tr'), cells);
-    Object.assign(tr.dataset, { id, clean: String(clean[id]), ablated: String(ablated[id]), ablatedTop: ablatedTop[rank], ablatedTopValue: String(ablated[ablatedTop[rank]]) });
-    return tr;
-  });
-  $('topk').replaceChildren(header, ...rows);
-  status(`ready: ${state.run.row.length} tokens, computed in the browser (onnxruntime-web ${ort.env.versions?.web ?? ''}, WebAssembly)`, 'ready');
+  $('topk').replaceChildren(...comparisonRows(clean, ablated, 'ablated'));
+}
+
+// ---- steering --------------------------------------------------------------------------------------
+// A unit direction × the coefficient, added to blocks.<layer>.hook_resid_pre (the deployment's .add input) at
+// every position or the last; the direction is a token's unembedding W_U[:, t] or a head's output at the last
+// position. The table compares the steered next-token logits with the clean ones.
+
+function setUpSteering() {
+  const L = state.model.cfg.n_layers;
+  $('steer-layer').replaceChildren(...Array.from({ length: L }, (_, l) => Object.assign(document.createElement('option'), { value: l, textContent: `blocks.${l}.hook_resid_pre` })));
+  $('steer-layer').value = String(Math.floor(L / 2));
+  $('steer-coef').addEventListener('input', () => { $('steer-coef-value').value = $('steer-coef').value; scheduleSteering(); });
+  $('steer-coef-value').addEventListener('change', () => { $('steer-coef').value = $('steer-coef-value').value; scheduleSteering(); });
+  $('steer-layer').addEventListener('change', () => { steeringScale(); scheduleSteering(); });
+  $('steer-positions').addEventListener('change', scheduleSteering);
+  $('steer-clear').addEventListener('click', () => setSteer(null));
+}
+
+/** The slider's range (±3 × the largest residual norm at the last position) and the chosen layer's norm beside it. */
+function steeringScale() {
+  const { n_layers: L, d_model: d } = state.model.cfg;
+  const T = state.run.row.length;
+  const norms = Array.from({ length: L }, (_, l) => Math.hypot(...state.run.hooks[`blocks.${l}.hook_resid_pre`].subarray((T - 1) * d, T * d)));
+  const range = Math.max(10, Math.ceil(3 * Math.max(...norms)));
+  Object.assign($('steer-coef'), { min: -range, max: range, step: 10 ** Math.floor(Math.log10(range / 100)) });
+  if ($('steer-coef-value').value === '') {
+    $('steer-coef-value').value = String(Math.round(norms[L - 1]));
+    $('steer-coef').value = $('steer-coef-value').value;
+  }
+  const layer = Number($('steer-layer').value);
+  $('steer-scale').textContent = `(|resid_pre| of layer ${layer} at the last position: ${norms[layer].toFixed(2)})`;
+}
+
+function setSteer(direction) {
+  state.steer = direction;
+  for (const button of document.querySelectorAll('.head button.steer')) button.classList.toggle('on', button.parentElement.dataset.head === steeringHead());
+  return scheduleSteering();
+}
+
+/** "layer:head" of the head steered along, or null. */
+function steeringHead() {
+  return state.steer?.kind === 'head' ? `${state.steer.layer}:${state.steer.head}` : null;
+}
+
+/** Queue a steering run; one queued behind a newer one (a dragged slider) is skipped. */
+function scheduleSteering() {
+  const generation = ++state.steerGeneration;
+  return serial(async () => { if (generation === state.steerGeneration) await renderSteering(); });
+}
+
+function describeDirection(steer) {
+  return steer.kind === 'token' ? `W_U[:, ${steer.id}] (“${tokenText(steer.id)}”)` : `L${steer.layer}H${steer.head}'s output at the last position`;
+}
+
+/** The steering direction at unit norm: W_U[:, id], or the head's hook_z · W_O at the last position. */
+function steerVector(steer) {
+  const d = state.model.cfg.d_model;
+  let v;
+  if (steer.kind === 'token') {
+    const vocab = state.lens.b_U.length;
+    v = Float64Array.from({ length: d }, (_, i) => state.lens.W_U[i * vocab + steer.id]);
+  } else {
+    v = headResult(steer.layer, steer.head, state.run.row.length - 1);
+  }
+  const norm = Math.hypot(...v);
+  if (!(norm > 0)) throw new Error(`${describeDirection(steer)} is the zero vector: pick another direction`);
+  return v.map((x) => x / norm);
+}
+
+/** The .add feed: coefficient × direction at every position ([1, 1, d] broadcasts) or the last one only. */
+function steeringFeeds(vector, layer, coefficient, lastOnly) {
+  const d = vector.length;
+  const rows = lastOnly ? state.run.row.length : 1;
+  const data = new Float32Array(rows * d);
+  for (let i = 0; i < d; i++) data[(rows - 1) * d + i] = coefficient * vector[i];
+  return { [`blocks.${layer}.hook_resid_pre`]: { add: { data, dims: [1, rows, d] } } };
+}
+
+async function renderSteering() {
+  const steer = state.steer;
+  const summary = $('steer-summary');
+  for (const key of Object.keys(summary.dataset)) delete summary.dataset[key];
+  if (!steer || !state.run) {
+    $('steer-direction').textContent = 'none: click a token in the logit lens or the next-token table, or “steer” under a head';
+    summary.textContent = '';
+    $('steer-topk').replaceChildren();
+    return;
+  }
+  const coefficient = Number($('steer-coef-value').value);
+  if (!Number.isFinite(coefficient)) throw new Error(`coefficient “${$('steer-coef-value').value}”: give a number`);
+  const layer = Number($('steer-layer').value);
+  const lastOnly = $('steer-positions').value === 'last';
+  $('steer-direction').textContent = describeDirection(steer);
+  status('running the steering…');
+  const T = state.run.row.length;
+  const out = await state.model.run([state.run.row], { feeds: steeringFeeds(steerVector(steer), layer, coefficient, lastOnly) });
+  const vocab = out.logits.dims[2];
+  const steered = toFloat32(out.logits).slice((T - 1) * vocab, T * vocab);
+  const clean = state.run.last;
+  const where = `blocks.${layer}.hook_resid_pre${lastOnly ? ' at the last position' : ' at every position'}`;
+  let text = `${coefficient} × ${describeDirection(steer)} added to ${where}`;
+  Object.assign(summary.dataset, { direction: steer.kind === 'token' ? `token:${steer.id}` : `head:${steer.layer}:${steer.head}`, layer, coefficient, positions: lastOnly ? 'last' : 'all' });
+  if (steer.kind === 'token') {
+    text += `: “${tokenText(steer.id)}” logit ${fmt(clean[steer.id])} → ${fmt(steered[steer.id])} (${signed(steered[steer.id] - clean[steer.id])})`;
+    Object.assign(summary.dataset, { id: steer.id, clean: String(clean[steer.id]), steered: String(steered[steer.id]) });
+  }
+  summary.textContent = text;
+  $('steer-topk').replaceChildren(...comparisonRows(clean, steered, 'steered'));
+}
+
+function ready() {
+  status(`ready: ${state.run.row.length} tokens, computed in the browser (onnxruntime-web ${ort.env.versions?.web ?? ''}, ${BACKEND_NAMES[state.backend]})`, 'ready');
 }
 
 async function guarded(fn) {
@@ -320,17 +463,33 @@ async function guarded(fn) {
   }
 }
 
+/** Run `fn` after everything queued before it (a session runs one thing at a time); then say ready, or the error. */
+function serial(fn) {
+  state.queue = state.queue.then(() => guarded(async () => {
+    await fn();
+    if (state.run) ready();
+  }));
+  return state.queue;
+}
+
 async function main() {
   if (location.protocol === 'file:') throw new Error('a page opened from file:// cannot fetch its bundle: serve the folder (graphlens view BUNDLE, or python -m http.server)');
   const view = JSON.parse(new TextDecoder().decode(await fetchBytes('view.json')));
   $('model-name').textContent = view.name;
-  state.model = await loadBundle('bundle', { ort, readFile: (name) => fetchBytes(`bundle/${name}`), sessionOptions: { executionProviders: ['wasm'] } });
+  const readFile = (name) => fetchBytes(`bundle/${name}`);
+  const opened = await openOnBackend(location.search, (module, executionProviders) => loadBundle('bundle', { ort: module, readFile, sessionOptions: { executionProviders } }));
+  ort = opened.ort;
+  state.model = opened.result;
+  state.backend = opened.backend;
+  Object.assign($('backend').dataset, { backend: opened.backend, detail: opened.detail });
+  $('backend').textContent = `backend: ${BACKEND_NAMES[opened.backend]} (${opened.detail}); ?backend=wasm|webgpu|auto chooses`;
   state.lens = await loadLens();
   $('prompt').value = view.prompt;
-  $('prompt-form').addEventListener('submit', (event) => { event.preventDefault(); guarded(analyse); });
-  $('target').addEventListener('change', () => guarded(async () => setTarget($('target').value)));
+  $('prompt-form').addEventListener('submit', (event) => { event.preventDefault(); serial(analyse); });
+  $('target').addEventListener('change', () => serial(async () => setTarget($('target').value)));
   $('big').addEventListener('mousemove', bigCanvasHover);
-  await analyse();
+  setUpSteering();
+  await serial(analyse);
 }
 
 guarded(main);
