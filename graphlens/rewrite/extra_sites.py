@@ -17,7 +17,6 @@ a hook output with ``.patch``/``.patch_mask``/``.add`` inputs, like every export
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 

@@ -13,6 +13,7 @@ from graphlens.errors import InputError
 from tests.models import tl_reference_from_folder
 from tests.test_architectures import FAMILIES
 from tests.test_equivalence import assert_close
+from tests.transformerlens.conftest import cache_equals_transformer_lens, set_flags
 
 CHECKED = ("rms-gqa", "neox", "gptj", "gm2", "opt")
 
@@ -21,32 +22,15 @@ def _models(family_bundle, family_hf, name):
     return HookedTransformer.from_pretrained(family_bundle[name]), tl_reference_from_folder(family_hf[name])
 
 
-def _set(models, flags, on: bool):
-    for model in models:
-        for flag in flags:
-            getattr(model, f"set_{flag}")(on)
-
-
-def _compare_cache(ours, ref, tokens):
-    logits, cache = ours.run_with_cache(tokens)
-    with torch.no_grad():
-        ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
-    assert list(cache.keys()) == list(ref_cache.keys())
-    for hook in ref_cache.keys():
-        assert_close(cache[hook], ref_cache[hook], hook)
-    assert_close(logits, ref_logits, "logits")
-    return logits
-
-
 @pytest.mark.parametrize("name", CHECKED)
 def test_optional_hooks_equal_transformer_lens(family_bundle, family_hf, name):
     ours, ref = _models(family_bundle, family_hf, name)
     tokens = np.random.default_rng(0).integers(0, 300, size=(2, 9))
     expected_logits = ours(tokens)
     flags = ("use_attn_result", "use_hook_mlp_in")
-    _set((ours, ref), flags, True)
+    set_flags((ours, ref), flags, True)
     try:
-        np.testing.assert_allclose(_compare_cache(ours, ref, tokens), expected_logits, atol=1e-4)
+        np.testing.assert_allclose(cache_equals_transformer_lens(ours, ref, tokens)[0], expected_logits, atol=1e-4)
 
         def ablate(result, hook):
             result[:, :, 0] = 0.0
@@ -59,7 +43,7 @@ def test_optional_hooks_equal_transformer_lens(family_bundle, family_hf, name):
             assert_close(ours.run_with_hooks(tokens, fwd_hooks=hooks),
                          ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=hooks), "hooked logits")
     finally:
-        _set((ours, ref), flags, False)
+        set_flags((ours, ref), flags, False)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -73,9 +57,9 @@ def test_per_head_inputs_equal_transformer_lens(family_bundle, family_hf, name):
     if grouped:
         with pytest.raises(InputError, match="grouped-query"):
             ours.set_use_attn_in(True)
-    _set((ours, ref), flags, True)
+    set_flags((ours, ref), flags, True)
     try:
-        np.testing.assert_allclose(_compare_cache(ours, ref, tokens), expected_logits, atol=1e-4)
+        np.testing.assert_allclose(cache_equals_transformer_lens(ours, ref, tokens)[0], expected_logits, atol=1e-4)
         # one key/value head's input: only that head's keys change
         n_kv = ours.cfg.n_key_value_heads or ours.cfg.n_heads
         mask = np.zeros((1, 1, n_kv, 1), dtype=bool)
@@ -95,4 +79,4 @@ def test_per_head_inputs_equal_transformer_lens(family_bundle, family_hf, name):
             ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[("blocks.1.hook_k_input", replace_last_head)])
         assert_close(patched["logits"], ref_logits, "logits after a hook_k_input patch")
     finally:
-        _set((ours, ref), flags, False)
+        set_flags((ours, ref), flags, False)
