@@ -73,6 +73,9 @@ def trace_weights(read_weights, shapes: Mapping[str, tuple[int, ...]], cfg: dict
             continue
         init, start = params.owner(int(ids.flat[0]))
         local = ids - start
+        if local.min() < 0 or local.max() >= int(np.prod(params.shapes[init], dtype=np.int64)):
+            raise NotSupportedError(f"{family}: {name} mixes several HF parameters (or computes values), so it "
+                                    "cannot be read per head in the graph")
         base = int(local.flat[0])
         strides = tuple(int(np.take(local, 1, axis=k).flat[0]) - base if n > 1 else 0 for k, n in enumerate(ids.shape))
         grid = np.indices(ids.shape, dtype=np.int64)
@@ -80,7 +83,24 @@ def trace_weights(read_weights, shapes: Mapping[str, tuple[int, ...]], cfg: dict
             raise NotSupportedError(f"{family}: {name} is not a strided view of {init}, so it cannot be read per head "
                                     "in the graph")
         views[name] = StridedView(init, base, strides, tuple(ids.shape))
+    _check_on_values(read_weights, params, views, cfg, layer, family)
     return views
+
+
+def _check_on_values(read_weights, params: _IndexParams, views: dict, cfg: dict, layer: int, family: str) -> None:
+    """The views again, on random values: a layout that scales or offsets ids (``a * 2``, ``a + 1``) fails here."""
+    rng = np.random.default_rng(0)
+    values = {name: rng.standard_normal(params.shapes[name]) for name in params.offsets}
+    tl = read_weights(values, cfg, layer)
+    for name, view in views.items():
+        if view is None:
+            got = np.zeros_like(tl[name])
+        else:
+            grid = np.indices(view.shape, dtype=np.int64)
+            got = values[view.init].reshape(-1)[view.base + np.tensordot(np.asarray(view.strides, np.int64), grid, axes=1)]
+        if not np.array_equal(got, tl[name]):
+            raise NotSupportedError(f"{family}: {name} is not a plain view of one HF parameter (its layout computes "
+                                    "values), so it cannot be read per head in the graph")
 
 
 def _i64(name: str, values) -> gs.Constant:
