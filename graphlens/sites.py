@@ -34,6 +34,11 @@ _KINDS = [
     SiteKind("hook_embed", ("batch", "pos", "d_model"), per_layer=False),
     SiteKind("hook_pos_embed", ("batch", "pos", "d_model"), per_layer=False),
     SiteKind("hook_resid_pre", ("batch", "pos", "d_model")),
+    # only with set_use_attn_in / set_use_split_qkv_input: the attention's input repeated per head
+    SiteKind("hook_attn_in", ("batch", "pos", "n_heads", "d_model")),
+    SiteKind("hook_q_input", ("batch", "pos", "n_heads", "d_model")),
+    SiteKind("hook_k_input", ("batch", "pos", "n_key_value_heads", "d_model")),
+    SiteKind("hook_v_input", ("batch", "pos", "n_key_value_heads", "d_model")),
     SiteKind("ln1.hook_scale", ("batch", "pos", 1)),
     SiteKind("ln1.hook_normalized", ("batch", "pos", "d_model")),
     SiteKind("attn.hook_q", ("batch", "pos", "n_heads", "d_head")),
@@ -84,6 +89,16 @@ def kind_of(name: str) -> SiteKind:
 def concrete_shape(dims: Iterable[str | int], cfg: dict) -> list[str | int]:
     """Replace config dims by numbers; symbolic dims stay names (as in the ONNX graph)."""
     return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else int(cfg[d]) for d in dims]
+
+
+def site_dims(name: str, cfg: dict) -> list[str | int]:
+    """Site ``name``'s shape in a model with config ``cfg``: the table's, except that ln1 gains a head axis
+    under use_split_qkv_input (the value input's n_key_value_heads: TransformerLens caches ln1's last call)
+    or use_attn_in (n_heads), as TransformerLens applies ln1 to each head's copy of the input."""
+    dims = list(kind_of(name).dims)
+    if split_name(name)[1].startswith("ln1.") and (cfg.get("use_split_qkv_input") or cfg.get("use_attn_in")):
+        dims.insert(2, "n_key_value_heads" if cfg.get("use_split_qkv_input") else "n_heads")
+    return concrete_shape(dims, cfg)
 
 
 def hooks_matching(names: Iterable[str], pattern: str) -> list[str]:

@@ -12,8 +12,13 @@ from graphlens.rewrite.extra_sites import with_extra_sites
 from graphlens.runtime.hook_points import HookPoint
 from graphlens.sites import forward_sorted, split_name
 
-# config flag → the site kind it adds in every block
-SWITCHES = {"use_attn_result": "attn.hook_result", "use_hook_mlp_in": "hook_mlp_in"}
+# config flag → the site kinds it adds in every block
+SWITCHES = {
+    "use_attn_result": ("attn.hook_result",),
+    "use_hook_mlp_in": ("hook_mlp_in",),
+    "use_split_qkv_input": ("hook_q_input", "hook_k_input", "hook_v_input"),
+    "use_attn_in": ("hook_attn_in",),
+}
 
 
 class SwitchesMixin:
@@ -30,20 +35,16 @@ class SwitchesMixin:
         self._set_switch("use_hook_mlp_in", use_hook_mlp_in)
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
-        """Not available: see the README ("TransformerLens behaviours not matched")."""
-        self._refuse("use_split_qkv_input", use_split_qkv_input, "hook_q_input/hook_k_input/hook_v_input")
+        """Expose each head's query/key/value input ``blocks.L.hook_q_input`` ``[batch, pos, n_heads, d_model]``
+        (``hook_k_input``/``hook_v_input``: n_key_value_heads); ln1 is then applied per head copy."""
+        self._set_switch("use_split_qkv_input", use_split_qkv_input)
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
-        """Not available: see the README ("TransformerLens behaviours not matched")."""
+        """Expose each head's attention input ``blocks.L.hook_attn_in`` ``[batch, pos, n_heads, d_model]``."""
         if use_attn_in and self.cfg.n_key_value_heads not in (None, self.cfg.n_heads):
-            raise InputError("attn_in is not defined for grouped-query attention (TransformerLens refuses it too)")
-        self._refuse("use_attn_in", use_attn_in, "hook_attn_in")
-
-    def _refuse(self, flag: str, on: bool, hooks: str) -> None:
-        if on:
-            raise InputError(f"{flag}: graphlens cannot split the attention input per head ({hooks}); "
-                             "hook or patch ln1.hook_normalized, attn.hook_q/k/v instead")
-        setattr(self.cfg, flag, False)
+            raise InputError("attn_in is not defined for grouped-query attention (TransformerLens refuses it too); "
+                             "use set_use_split_qkv_input")
+        self._set_switch("use_attn_in", use_attn_in)
 
     def _set_switch(self, flag: str, on: bool) -> None:
         if not isinstance(on, bool):
@@ -63,13 +64,14 @@ class SwitchesMixin:
 
     def _switched_proto(self, graph):
         """The graph's exported proto with the sites of the flags that are on."""
-        suffixes = [kind for flag, kind in SWITCHES.items() if getattr(self.cfg, flag)]
         original = graph.__dict__.setdefault("_exported_proto", graph.proto)
-        return with_extra_sites(original, suffixes, self.cfg.to_dict()) if suffixes else original
+        if not any(getattr(self.cfg, flag) for flag in SWITCHES):
+            return original
+        return with_extra_sites(original, self.cfg.to_dict(), self.architecture)
 
     def _sync_hook_points(self) -> None:
         """Hook names and points: the exported ones plus the switched-on sites (the same HookPoint objects kept)."""
-        kinds = {kind for flag, kind in SWITCHES.items() if getattr(self.cfg, flag)}
+        kinds = {kind for flag, added in SWITCHES.items() if getattr(self.cfg, flag) for kind in added}
         exported = [h["name"] for h in self.manifest["hooks"]]
         extra = [n for n in self.graph.output_names if split_name(n)[1] in kinds]
         self.hook_names = forward_sorted(exported + extra)

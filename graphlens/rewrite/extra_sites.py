@@ -1,4 +1,5 @@
-"""Sites TransformerLens adds only when asked (``set_use_attn_result``, ``set_use_hook_mlp_in``), as a graph rewrite.
+"""Sites TransformerLens adds only when asked (``set_use_attn_result``, ``set_use_hook_mlp_in``, and through
+``split_inputs`` ``set_use_split_qkv_input``/``set_use_attn_in``), as a graph rewrite.
 
 Applied to a loaded bundle's graphs when the flag is set (and undone by restoring the graph when it is
 unset), so a model without the flag runs exactly the exported graph.
@@ -16,34 +17,31 @@ a hook output with ``.patch``/``.patch_mask``/``.add`` inputs, like every export
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphlens.architectures.base import Architecture
 from graphlens.errors import UnsupportedArchitectureError
-from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, with_input_defaults
+from graphlens.rewrite.graph_ops import add_marker, add_node, int64_const, is_weight, only_consumer, rewire
+from graphlens.rewrite.instrument import instrument_sites, with_input_defaults
+from graphlens.rewrite.split_inputs import split_attention_input
 
 _PASS_THROUGH = ("Identity", "Reshape")
 
 
-def _only_consumer(tensor: gs.Variable) -> gs.Node | None:
-    consumers = list(tensor.outputs)
-    return consumers[0] if len(consumers) == 1 else None
-
-
 def _follow(tensor: gs.Variable) -> gs.Variable:
     """The last tensor of a chain of single-consumer Identity/Reshape nodes starting at ``tensor``."""
-    node = _only_consumer(tensor)
+    node = only_consumer(tensor)
     while node is not None and node.op in _PASS_THROUGH and node.inputs[0] is tensor:
         tensor = node.outputs[0]
-        node = _only_consumer(tensor)
+        node = only_consumer(tensor)
     return tensor
 
 
 def _output_projection(graph: gs.Graph, z: gs.Variable, name: str):
     """``(W [in, out] tensor, bias tensor or None, the projection's [batch, pos, d_model] output)`` after ``z``."""
     merged = _follow(z)
-    linear = _only_consumer(merged)
+    linear = only_consumer(merged)
     if linear is None or linear.op not in ("Gemm", "MatMul") or linear.inputs[0] is not merged:
         raise UnsupportedArchitectureError(f"{name}: no output projection (MatMul/Gemm) found after hook_z; this graph cannot "
                           "expose attn.hook_result")
@@ -52,50 +50,17 @@ def _output_projection(graph: gs.Graph, z: gs.Variable, name: str):
         if linear.attrs.get("transA", 0) or linear.attrs.get("alpha", 1.0) != 1.0 or linear.attrs.get("beta", 1.0) != 1.0:
             raise UnsupportedArchitectureError(f"{name}: unexpected Gemm attributes {linear.attrs} on the output projection")
         if linear.attrs.get("transB", 0):
-            weight = _node(graph, "Transpose", [weight], f"{name}.w_in_out", perm=[1, 0])
+            weight = add_node(graph, "Transpose", [weight], f"{name}.w_in_out", perm=[1, 0])
         bias = linear.inputs[2] if len(linear.inputs) > 2 else None
         out = linear.outputs[0]
     else:
         out = linear.outputs[0]
-        adder = _only_consumer(out)
+        adder = only_consumer(out)
         if adder is not None and adder.op == "Add":
             other = [t for t in adder.inputs if t is not out]
-            if len(other) == 1 and _is_weight(other[0]):
+            if len(other) == 1 and is_weight(other[0]):
                 bias, out = other[0], adder.outputs[0]
     return weight, bias, _follow(out)
-
-
-def _is_weight(tensor) -> bool:
-    """A tensor computed from initializers only (a Constant, or a Transpose/Cast of one)."""
-    if isinstance(tensor, gs.Constant):
-        return True
-    return len(tensor.inputs) == 1 and all(_is_weight(t) for t in tensor.inputs[0].inputs)
-
-
-def _const(name: str, values) -> gs.Constant:
-    return gs.Constant(name, np.asarray(values, dtype=np.int64))
-
-
-def _node(graph: gs.Graph, op: str, inputs: list, name: str, dtype=None, **attrs) -> gs.Variable:
-    out = gs.Variable(name, dtype=dtype)
-    graph.nodes.append(gs.Node(op, name=f"{name}.node", inputs=inputs, outputs=[out], attrs=attrs))
-    return out
-
-
-def _marker(graph: gs.Graph, x: gs.Variable, site: str) -> gs.Variable:
-    out = gs.Variable(f"{site}.marked", dtype=x.dtype)
-    graph.nodes.append(gs.Node(MARKER_OP, name=f"{site}.marker", domain=MARKER_DOMAIN, attrs={"name": site},
-                               inputs=[x], outputs=[out]))
-    return out
-
-
-def _rewire(old: gs.Variable, new: gs.Variable, skip=()) -> None:
-    for consumer in list(old.outputs):
-        if consumer in skip:
-            continue
-        for i, tensor in enumerate(consumer.inputs):
-            if tensor is old:
-                consumer.inputs[i] = new
 
 
 def add_attn_result(graph: gs.Graph, layer: int, cfg: dict) -> None:
@@ -105,15 +70,15 @@ def add_attn_result(graph: gs.Graph, layer: int, cfg: dict) -> None:
     z = tensors[f"blocks.{layer}.attn.hook_z"]
     weight, bias, out = _output_projection(graph, z, site)
     dtype = z.dtype
-    w_heads = _node(graph, "Reshape", [weight, _const(f"{site}.w_shape", [cfg["n_heads"], cfg["d_head"], -1])],
+    w_heads = add_node(graph, "Reshape", [weight, int64_const(f"{site}.w_shape", [cfg["n_heads"], cfg["d_head"], -1])],
                     f"{site}.w_heads", dtype)  # [h, d_head, d_model]
-    z_heads = _node(graph, "Transpose", [z], f"{site}.z_heads", dtype, perm=[0, 2, 1, 3])  # [b, h, p, d_head]
-    per_head = _node(graph, "MatMul", [z_heads, w_heads], f"{site}.per_head", dtype)  # [b, h, p, d_model]
-    result = _node(graph, "Transpose", [per_head], f"{site}.raw", dtype, perm=[0, 2, 1, 3])
-    summed = _node(graph, "ReduceSum", [_marker(graph, result, site), _const(f"{site}.heads_axis", [2])],
+    z_heads = add_node(graph, "Transpose", [z], f"{site}.z_heads", dtype, perm=[0, 2, 1, 3])  # [b, h, p, d_head]
+    per_head = add_node(graph, "MatMul", [z_heads, w_heads], f"{site}.per_head", dtype)  # [b, h, p, d_model]
+    result = add_node(graph, "Transpose", [per_head], f"{site}.raw", dtype, perm=[0, 2, 1, 3])
+    summed = add_node(graph, "ReduceSum", [add_marker(graph, result, site), int64_const(f"{site}.heads_axis", [2])],
                    f"{site}.summed", dtype, keepdims=0)
-    total = _node(graph, "Add", [summed, bias], f"{site}.plus_bias", dtype) if bias is not None else summed
-    _rewire(out, total)
+    total = add_node(graph, "Add", [summed, bias], f"{site}.plus_bias", dtype) if bias is not None else summed
+    rewire(out, total)
 
 
 def _reaches(start: gs.Node, targets: set[str], limit: int = 64) -> bool:
@@ -144,23 +109,28 @@ def add_hook_mlp_in(graph: gs.Graph, layer: int, cfg: dict) -> None:
         if node.op in _PASS_THROUGH and any(not _reaches(c, norm_sites) for c in node.outputs[0].outputs):
             raise UnsupportedArchitectureError(f"{site}: in this architecture the MLP norm's input is also the "
                                                "residual stream's, so it cannot be a site of its own")
-    copy = _node(graph, "Identity", [source], f"{site}.input", source.dtype)
-    marked = _marker(graph, copy, site)
+    copy = add_node(graph, "Identity", [source], f"{site}.input", source.dtype)
+    marked = add_marker(graph, copy, site)
     for node in norm_reads:
         for i, tensor in enumerate(node.inputs):
             if tensor is source:
                 node.inputs[i] = marked
 
 
-REWRITES = {"attn.hook_result": add_attn_result, "hook_mlp_in": add_hook_mlp_in}
+# config flag → the rewrite that adds its sites in one block (split_attention_input serves both of its flags)
+REWRITES = {"use_attn_result": add_attn_result, "use_hook_mlp_in": add_hook_mlp_in}
+SPLIT_FLAGS = ("use_split_qkv_input", "use_attn_in")
 
 
-def with_extra_sites(proto: onnx.ModelProto, suffixes: list[str], cfg: dict) -> onnx.ModelProto:
-    """A copy of ``proto`` (an instrumented bundle graph) with the sites ``suffixes`` added in every block."""
+def with_extra_sites(proto: onnx.ModelProto, cfg: dict, arch: Architecture) -> onnx.ModelProto:
+    """A copy of ``proto`` (an instrumented bundle graph) with the sites of the flags ``cfg`` turns on, in every block."""
     graph = gs.import_onnx(proto)
-    for suffix in suffixes:
-        for layer in range(cfg["n_layers"]):
-            REWRITES[suffix](graph, layer, cfg)
+    for layer in range(cfg["n_layers"]):
+        for flag, rewrite in REWRITES.items():
+            if cfg.get(flag):
+                rewrite(graph, layer, cfg)
+        if any(cfg.get(flag) for flag in SPLIT_FLAGS):
+            split_attention_input(graph, layer, cfg, arch)
     instrument_sites(graph, cfg, "all")
     out = gs.export_onnx(graph)
     # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again

@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphlens.export_names import PATCH_SUFFIXES, input_name
-from graphlens.sites import concrete_shape, kind_of
+from graphlens.sites import kind_of, site_dims
 from graphlens.errors import InputError
 
 MARKER_DOMAIN, MARKER_OP = "graphlens", "Site"
@@ -57,7 +57,7 @@ def instrument_sites(graph: gs.Graph, cfg: dict, patch_sites: str = "all") -> li
     for node in [n for n in graph.nodes if n.domain == MARKER_DOMAIN and n.op == MARKER_OP]:
         name = node.attrs["name"]
         x, y = node.inputs[0], node.outputs[0]
-        dims = concrete_shape(kind_of(name).dims, cfg)
+        dims = site_dims(name, cfg)
         dtype = x.dtype if x.dtype is not None else np.float32
         hooked = gs.Variable(name, dtype=dtype, shape=dims)
         if has_patch_inputs(name, patch_sites):

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graphlens.sites import SYMBOLIC_DIMS, UnknownHookError, concrete_shape, kind_of
+from graphlens.sites import SYMBOLIC_DIMS, UnknownHookError, kind_of, site_dims
 from graphlens.errors import SpecError
 
 OPS = ("set", "add", "scale", "zero")
@@ -105,7 +105,7 @@ def parse_spec(
         where = f"entry {i} ({hook})"
         if op not in OPS:
             raise SpecError(f"{where}: op must be one of {', '.join(OPS)}; got {op!r}")
-        dims = concrete_shape(kind_of(hook).dims, cfg)
+        dims = site_dims(hook, cfg)
         value = _value(entry, base, root if root is not None else base, dtype, where)
         if (value is None) != (op == "zero"):
             raise SpecError(f"{where}: op {op!r} " + ("takes no value" if op == "zero" else "needs value or value_file"))
@@ -258,7 +258,7 @@ def apply_interventions(model: onnx.ModelProto, items: Sequence[Intervention], c
         where = nodes[at]
         slot = 2 if where.op_type == "Where" else 0
         b = _Builder(f"{item.hook}.intervention{i}")
-        where.input[slot] = _apply(b, where.input[slot], item, concrete_shape(kind_of(item.hook).dims, cfg), np.dtype(dtype))
+        where.input[slot] = _apply(b, where.input[slot], item, site_dims(item.hook, cfg), np.dtype(dtype))
         nodes[at:at] = b.nodes
         graph.initializer.extend(b.constants)
     del graph.node[:]

@@ -7,7 +7,7 @@ import numpy as np
 from graphlens.errors import InputError, InputTypeError
 from graphlens.export_names import PATCH_SUFFIXES
 from graphlens.runtime.inputs import as_numpy
-from graphlens.sites import SYMBOLIC_DIMS, UnknownHookError, concrete_shape, kind_of
+from graphlens.sites import SYMBOLIC_DIMS, UnknownHookError, site_dims
 
 
 def feed_site(name, value, model) -> tuple[str, str, np.ndarray]:
@@ -38,12 +38,12 @@ def feed_site(name, value, model) -> tuple[str, str, np.ndarray]:
 def checked_feed(name: str, value, tokens: np.ndarray, model) -> tuple[str, np.ndarray]:
     """``(hook, array)`` for feed ``name``; raises when the bundle lacks the input or the array cannot broadcast."""
     hook, _, array = feed_site(name, value, model)
-    dims = concrete_shape(kind_of(hook).dims, model.cfg.to_dict())
+    dims = site_dims(hook, model.cfg.to_dict())
     sizes = {"batch": tokens.shape[0], "pos": tokens.shape[1], "query_pos": tokens.shape[1], "key_pos": tokens.shape[1]}
     expected = tuple(sizes[d] if d in SYMBOLIC_DIMS else d for d in dims)
     if array.ndim != len(expected) or any(a not in (1, e) for a, e in zip(array.shape, expected)):
         raise InputError(
             f"feed {name!r} has shape {array.shape}, which does not broadcast to the activation's shape {expected} "
-            f"({', '.join(map(str, kind_of(hook).dims))}); give {len(expected)} dims, each 1 or the activation's size"
+            f"({', '.join(map(str, dims))}); give {len(expected)} dims, each 1 or the activation's size"
         )
     return hook, array

@@ -21,7 +21,7 @@ from graphlens.runtime.inputs import as_numpy, attention_mask_for, check_tokens,
 from graphlens.runtime.kv_decoder import KVDecoder, load_decoder_graph
 from graphlens.runtime.sampling import check_sampling_options, sample_logits
 from graphlens.runtime.feeds import feed_site
-from graphlens.sites import concrete_shape, kind_of
+from graphlens.sites import kind_of, site_dims
 from graphlens.errors import InputError, InputTypeError
 
 Seed = Union[None, int, np.random.Generator]
@@ -64,7 +64,7 @@ class GenerationMixin:
         arrays, fed = {}, {}
         for name, value in (feeds or {}).items():
             hook, kind, array = feed_site(name, value, self)
-            dims = concrete_shape(kind_of(hook).dims, self.cfg.to_dict())
+            dims = site_dims(hook, self.cfg.to_dict())
             if array.ndim > len(dims):
                 raise InputError(f"feed {name!r} has {array.ndim} dims; {hook} has {len(dims)}")
             array = array.reshape((1,) * (len(dims) - array.ndim) + array.shape)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING
 from tests.models import make_causal_lm
 from tests.test_architectures import FAMILIES
+from tests.test_equivalence import assert_close
 
 
 class _Lazy(dict):
@@ -36,3 +38,23 @@ def family_bundle(family_hf, tmp_path_factory):
     root = tmp_path_factory.mktemp("tl-family-bundles")
     return _Lazy(lambda name: export_bundle(str(family_hf[name]), root / name, processing=NO_PROCESSING,
                                             decoder=False, progress=None))
+
+
+def set_flags(models, flags, on: bool) -> None:
+    """``model.set_<flag>(on)`` for every flag (TransformerLens' ``set_use_*`` switches) on every model."""
+    for model in models:
+        for flag in flags:
+            getattr(model, f"set_{flag}")(on)
+
+
+def cache_equals_transformer_lens(ours, ref, tokens):
+    """``run_with_cache(tokens)`` of both models: the same hook names in the same order, every value and the
+    logits equal (``assert_close``); returns graphlens' ``(logits, cache)``."""
+    logits, cache = ours.run_with_cache(tokens)
+    with torch.no_grad():
+        ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
+    assert list(cache.keys()) == list(ref_cache.keys())
+    for name in ref_cache.keys():
+        assert_close(cache[name], ref_cache[name], name)
+    assert_close(logits, ref_logits, "logits")
+    return logits, cache

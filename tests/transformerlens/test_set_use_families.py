@@ -1,5 +1,6 @@
-"""``set_use_attn_result`` / ``set_use_hook_mlp_in`` in the other families (grouped-query attention, parallel
-blocks, Gemma 2's post-norms, OPT), against TransformerLens 3.9 built by itself from the same HF folder."""
+"""TransformerLens' optional hooks in the other families (grouped-query attention, parallel blocks, rotary,
+Gemma's norms, OPT), against TransformerLens 3.9 built by itself from the same HF folder. The bundles are
+the session's (``conftest.family_bundle``), shared with the other parity tests."""
 
 from __future__ import annotations
 
@@ -8,40 +9,28 @@ import pytest
 import torch
 
 from graphlens import HookedTransformer
-from graphlens.export.pipeline import export_bundle
-from graphlens.rewrite.weights import NO_PROCESSING
-from tests.models import make_causal_lm, tl_reference_from_folder
+from graphlens.errors import InputError
+from tests.models import tl_reference_from_folder
 from tests.test_architectures import FAMILIES
 from tests.test_equivalence import assert_close
+from tests.transformerlens.conftest import cache_equals_transformer_lens, set_flags
 
 CHECKED = ("rms-gqa", "neox", "gptj", "gm2", "opt")
 
 
-@pytest.fixture(scope="module", params=CHECKED)
-def family(request, tmp_path_factory):
-    name = request.param
-    root = tmp_path_factory.mktemp(f"switches-{name}")
-    folder = make_causal_lm(root / "hf", FAMILIES[name], seed=CHECKED.index(name))
-    bundle = export_bundle(str(folder), root / "bundle", processing=NO_PROCESSING, progress=None, decoder=False)
-    return name, HookedTransformer.from_pretrained(bundle), tl_reference_from_folder(folder, True)
+def _models(family_bundle, family_hf, name):
+    return HookedTransformer.from_pretrained(family_bundle[name]), tl_reference_from_folder(family_hf[name])
 
 
-def test_optional_hooks_equal_transformer_lens(family):
-    name, ours, ref = family
+@pytest.mark.parametrize("name", CHECKED)
+def test_optional_hooks_equal_transformer_lens(family_bundle, family_hf, name):
+    ours, ref = _models(family_bundle, family_hf, name)
     tokens = np.random.default_rng(0).integers(0, 300, size=(2, 9))
     expected_logits = ours(tokens)
-    for model in (ours, ref):
-        model.set_use_attn_result(True)
-        model.set_use_hook_mlp_in(True)
+    flags = ("use_attn_result", "use_hook_mlp_in")
+    set_flags((ours, ref), flags, True)
     try:
-        logits, cache = ours.run_with_cache(tokens)
-        with torch.no_grad():
-            ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
-        assert list(cache.keys()) == list(ref_cache.keys())
-        for hook in ref_cache.keys():
-            assert_close(cache[hook], ref_cache[hook], hook)
-        assert_close(logits, ref_logits, "logits")
-        np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
+        np.testing.assert_allclose(cache_equals_transformer_lens(ours, ref, tokens)[0], expected_logits, atol=1e-4)
 
         def ablate(result, hook):
             result[:, :, 0] = 0.0
@@ -54,6 +43,40 @@ def test_optional_hooks_equal_transformer_lens(family):
             assert_close(ours.run_with_hooks(tokens, fwd_hooks=hooks),
                          ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=hooks), "hooked logits")
     finally:
-        for model in (ours, ref):
-            model.set_use_attn_result(False)
-            model.set_use_hook_mlp_in(False)
+        set_flags((ours, ref), flags, False)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_per_head_inputs_equal_transformer_lens(family_bundle, family_hf, name):
+    """use_split_qkv_input (and use_attn_in where TransformerLens allows it: no grouped-query attention)."""
+    ours, ref = _models(family_bundle, family_hf, name)
+    tokens = np.random.default_rng(1).integers(0, 300, size=(2, 9))
+    expected_logits = ours(tokens)
+    grouped = ours.cfg.n_key_value_heads not in (None, ours.cfg.n_heads)
+    flags = ("use_split_qkv_input",) if grouped else ("use_split_qkv_input", "use_attn_in")
+    if grouped:
+        with pytest.raises(InputError, match="grouped-query"):
+            ours.set_use_attn_in(True)
+    set_flags((ours, ref), flags, True)
+    try:
+        np.testing.assert_allclose(cache_equals_transformer_lens(ours, ref, tokens)[0], expected_logits, atol=1e-4)
+        # one key/value head's input: only that head's keys change
+        n_kv = ours.cfg.n_key_value_heads or ours.cfg.n_heads
+        mask = np.zeros((1, 1, n_kv, 1), dtype=bool)
+        mask[:, :, -1] = True
+        replacement = np.random.default_rng(2).normal(size=(1, 1, 1, ours.cfg.d_model)).astype(np.float32)
+        outputs = ["blocks.1.attn.hook_k", "blocks.1.attn.hook_q", "logits"]
+        base = ours.run_graph(tokens, outputs)
+        patched = ours.run_graph(tokens, outputs, {"blocks.1.hook_k_input.patch": replacement,
+                                                   "blocks.1.hook_k_input.patch_mask": mask})
+        np.testing.assert_array_equal(patched["blocks.1.attn.hook_k"][:, :, :-1], base["blocks.1.attn.hook_k"][:, :, :-1])
+        np.testing.assert_array_equal(patched["blocks.1.attn.hook_q"], base["blocks.1.attn.hook_q"])
+
+        def replace_last_head(x, hook):
+            x[:, :, -1] = torch.as_tensor(replacement[0, 0, 0])
+
+        with torch.no_grad():
+            ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[("blocks.1.hook_k_input", replace_last_head)])
+        assert_close(patched["logits"], ref_logits, "logits after a hook_k_input patch")
+    finally:
+        set_flags((ours, ref), flags, False)
