@@ -11,6 +11,8 @@ Formats (as ``onnxruntime.quantization`` stores them, described by the manifest'
   ``2^(b-1)``). ``W[k, n] = (q[n, k] - zero_point[n, k // B]) * scale[n, k // B]``.
 - ``MatMulInteger`` (dynamic int8): ``quantized`` int8 ``[K, N]``, ``scales`` a scalar (or ``[N]``),
   ``zero_points`` the same shape. ``W = (q - zero_point) * scale``.
+
+A record with ``columns`` [start, stop) is that slice of the output columns of a fused matrix.
 """
 
 from __future__ import annotations
@@ -57,16 +59,21 @@ def dequantised(params: Mapping[str, np.ndarray], quantization: dict) -> dict[st
     """``params`` (a graph's initializers by name) plus each quantized weight, dequantised, under its HF
     name and layout (``quantization``: the manifest's field)."""
     out = dict(params)
+    matrices: dict[str, np.ndarray] = {}  # a fused matrix is dequantised once for all its parts
     for record in quantization["weights"]:
         try:
             blobs = [params[record[k]] if record.get(k) else None for k in ("quantized", "scales", "zero_points")]
         except KeyError as err:
             raise BundleError(f"the graph lacks {err.args[0]!r}, which quantization.weights lists for "
                               f"{record['name']}; quantize the bundle again") from None
-        if record["op"] == "MatMulNBits":
+        w = matrices.get(record["quantized"])
+        if w is None and record["op"] == "MatMulNBits":
             k, n = record["shape"]
             w = matmul_nbits_weight(*blobs, k, n, quantization["bits"], record["block_size"])
-        else:
+        elif w is None:
             w = matmul_integer_weight(*blobs)
+        matrices[record["quantized"]] = w
+        if record.get("columns"):
+            w = w[:, record["columns"][0]:record["columns"][1]]
         out[record["name"]] = np.ascontiguousarray(w.T) if record["transposed"] else w
     return out

@@ -3,7 +3,8 @@
 - ``int4``: ``MatMulNBitsQuantizer``, block-wise along the input axis, block size 32, **symmetric**
   (no zero points: each stored nibble is ``q + 8``), ``accuracy_level`` 4 (the activation is quantized
   to int8 inside the kernel, as GenAI's CPU int4 models do) — the settings of onnxruntime-genai's
-  model builder with ``-p int4 -e cpu``. Each linear layer becomes one ``MatMulNBits`` node.
+  model builder with ``-p int4 -e cpu``. Linear layers reading one tensor (q/k/v, gate/up) become one
+  ``MatMulNBits`` node and a ``Split``; the others one ``MatMulNBits`` each.
 - ``int8``: dynamic quantization (``quantize_dynamic``, signed int8 weights, per tensor): each linear
   layer becomes ``DynamicQuantizeLinear`` (the activation, at run time) → ``MatMulInteger`` → ``Cast`` →
   ``Mul`` by the two scales.
@@ -23,7 +24,7 @@ from pathlib import Path
 import onnx
 
 from graphlens.errors import InputError, NotSupportedError
-from graphlens.quantize.layout import LinearWeight, in_out_layout
+from graphlens.quantize.layout import LinearWeight, fuse_shared_input, in_out_layout
 
 METHODS = ("int4", "int8")
 INT4_BLOCK_SIZE = 32
@@ -65,7 +66,12 @@ def settings_for(method: str, block_size: int = INT4_BLOCK_SIZE, accuracy_level:
 def quantize_graph(proto: onnx.ModelProto, settings: Settings) -> tuple[onnx.ModelProto, list[dict]]:
     """``proto`` (weights loaded) with its linear layers quantized, and one record per quantized weight:
     ``name`` (the float weight, HF name), ``transposed``, ``op``, and the initializers holding it."""
-    linear = {w.name: w for w in in_out_layout(proto)}
+    layers = in_out_layout(proto)
+    if settings.method == "int4":  # blocks within one output column: fusing q/k/v (gate/up) is exact
+        layers = fuse_shared_input(proto, layers)
+    linear: dict[str, list[LinearWeight]] = {}
+    for weight in layers:
+        linear.setdefault(weight.name, []).append(weight)
     if not linear:
         raise NotSupportedError("the graph has no linear layer with a constant weight to quantize")
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]  # the quantizers log to root
@@ -89,7 +95,7 @@ def _int4(proto: onnx.ModelProto, settings: Settings) -> onnx.ModelProto:
     return quantizer.model.model
 
 
-def _int8(proto: onnx.ModelProto, linear: dict[str, LinearWeight]) -> onnx.ModelProto:
+def _int8(proto: onnx.ModelProto, linear: dict[str, list[LinearWeight]]) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nodes = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in linear]
@@ -100,24 +106,27 @@ def _int8(proto: onnx.ModelProto, linear: dict[str, LinearWeight]) -> onnx.Model
         return onnx.load(str(path))
 
 
-def _records(proto: onnx.ModelProto, linear: dict[str, LinearWeight], settings: Settings) -> list[dict]:
+def _records(proto: onnx.ModelProto, linear: dict[str, list[LinearWeight]], settings: Settings) -> list[dict]:
     inits = {i.name for i in proto.graph.initializer}
     records = []
     for node in proto.graph.node:
         if node.op_type == "MatMulNBits":
-            weight = linear[node.input[1].removesuffix(f"_Q{settings.bits}")]
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            records.append({"name": weight.source, "transposed": weight.transposed, "op": "MatMulNBits",
-                            "quantized": node.input[1], "scales": node.input[2],
-                            "zero_points": node.input[3] if len(node.input) > 3 and node.input[3] else None,
-                            "shape": [attrs["K"], attrs["N"]], "block_size": attrs["block_size"]})
+            stored = {"op": "MatMulNBits", "quantized": node.input[1], "scales": node.input[2],
+                      "zero_points": node.input[3] if len(node.input) > 3 and node.input[3] else None,
+                      "shape": [attrs["K"], attrs["N"]], "block_size": attrs["block_size"]}
+            parts = linear[node.input[1].removesuffix(f"_Q{settings.bits}")]
         elif node.op_type == "MatMulInteger" and node.input[1] in inits:
-            weight = linear[node.input[1].removesuffix("_quantized")]
-            scale = weight.name + "_scale"
+            parts = linear[node.input[1].removesuffix("_quantized")]
+            scale = parts[0].name + "_scale"
             if scale not in inits:
-                raise NotSupportedError(f"quantize_dynamic stored {weight.name}'s scale under an unexpected name")
-            records.append({"name": weight.source, "transposed": weight.transposed, "op": "MatMulInteger",
-                            "quantized": node.input[1], "scales": scale,
-                            "zero_points": node.input[3] if len(node.input) > 3 and node.input[3] else None,
-                            "shape": None, "block_size": None})
+                raise NotSupportedError(f"quantize_dynamic stored {parts[0].name}'s scale under an unexpected name")
+            stored = {"op": "MatMulInteger", "quantized": node.input[1], "scales": scale,
+                      "zero_points": node.input[3] if len(node.input) > 3 and node.input[3] else None,
+                      "shape": None, "block_size": None}
+        else:
+            continue
+        for weight in parts:
+            records.append({"name": weight.source, "transposed": weight.transposed, **stored,
+                            "columns": list(weight.columns) if weight.columns else None})
     return records
