@@ -269,3 +269,24 @@ def test_cli_compare_prints_the_table_and_saves_the_plot(float_bundles, quantize
     bad = CliRunner().invoke(main, ["compare", str(float_bundles["gpt2"]), str(quantized["gpt2", "int8"]), "x", "-o",
                                     str(tmp_path / "cmp.nope")])
     assert bad.exit_code != 0 and "suffix" in bad.output
+
+
+def test_deployment_of_an_int4_bundle_computes_the_same_logits(quantized, tmp_path):
+    from graphlens.deploy import deploy
+
+    bundle = quantized["rms", "int4"]
+    site = "blocks.1.hook_resid_pre"
+    out = deploy(bundle, tmp_path / "deployed", hooks=["resid_post"], patch=[site])
+    assert read_manifest(out)["quantization"] == read_manifest(bundle)["quantization"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(out / "model.onnx"), options)
+    tokens = _tokens(4)[:1]
+    shift = np.random.default_rng(5).normal(size=(1, tokens.shape[1], 64)).astype(np.float32)
+    feeds = {"input_ids": tokens, "attention_mask": np.ones_like(tokens), "position_ids": -np.ones_like(tokens),
+             f"{site}.patch": np.zeros_like(shift), f"{site}.patch_mask": np.zeros((1, 1, 1), bool), f"{site}.add": shift}
+    assert {i.name for i in session.get_inputs()} == set(feeds)
+    logits, = session.run(["logits"], feeds)
+    model = HookedTransformer.from_pretrained(bundle)
+    ref = model.run_graph(tokens, ["logits"], {f"{site}.add": shift})["logits"]
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
