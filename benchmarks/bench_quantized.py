@@ -7,13 +7,16 @@ without weight processing (so its int4 blocks are the same matrices GenAI quanti
 (`graphlens.quantize`, MatMulNBits int4, block 32, symmetric, accuracy level 4); GenAI's builder makes its
 model from the same folder (`python -m onnxruntime_genai.models.builder -i DIR -o OUT -p int4 -e cpu`).
 Batch 1, a 32-token prompt and 64 new tokens (EOS ignored), runs interleaved, medians.
-Targets (issue 18): graphlens int4 ≥ 0.9× GenAI int4 with no hook read; reading one residual hook
+``--threads N`` gives both runtimes N intra-op threads (on a machine shared with other jobs one thread
+each suffers less from the cores being taken). Targets (issue 18): graphlens int4 ≥ 0.9× GenAI int4 with no hook read; reading one residual hook
 per step (``generate(return_cache=True, names_filter=HOOK)``) costs ≤ 1.2× the run without.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 
@@ -76,12 +79,29 @@ def genai_int4(folder):
     return out
 
 
+def with_threads(genai_folder, threads: int):
+    """GenAI's model folder with its decoder session's intra-op threads set (0: its default)."""
+    path = genai_folder / "genai_config.json"
+    config = json.loads(path.read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    if threads:
+        options["intra_op_num_threads"] = threads
+    else:
+        options.pop("intra_op_num_threads", None)
+    path.write_text(json.dumps(config, indent=4))
+    return genai_folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama125m")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hook", default="blocks.6.hook_resid_post", help="the residual hook read per step")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads for both runtimes (0: ONNX Runtime's default, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["GRAPHLENS_ORT_THREADS"] = str(args.threads)
 
     import onnxruntime_genai as og
 
@@ -90,7 +110,7 @@ def main() -> None:
     folder = hf_llama(args.shape)
     model = HookedTransformer.from_pretrained_no_processing(graphlens_int4(folder))
     hook = args.hook if args.hook in model.hook_names else f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
-    genai = og.Model(str(genai_int4(folder)))
+    genai = og.Model(str(with_threads(genai_int4(folder), args.threads)))
     vocab = model.cfg.d_vocab
     tokens = np.random.default_rng(0).integers(1, min(vocab, 300), size=(1, PROMPT))
     outputs: dict[str, np.ndarray] = {}
@@ -121,7 +141,8 @@ def main() -> None:
     first = NEW if same.all() else int(np.argmin(same))
     rate = lambda s: NEW / s
     print(f"\nGreedy decode, random Llama ({args.shape}: {SHAPES[args.shape]}), int4, CPU, batch 1, "
-          f"{PROMPT}-token prompt + {NEW} new tokens, median of {args.repeats}")
+          f"{PROMPT}-token prompt + {NEW} new tokens, median of {args.repeats}, "
+          f"intra-op threads {args.threads or 'default'}")
     print(f"{'':<34} {'tok/s':>8} {'ratio':>8}")
     print(f"{'GenAI int4':<34} {rate(t['GenAI']):8.1f} {1.0:8.2f}")
     print(f"{'graphlens int4 (no hook read)':<34} {rate(t['graphlens']):8.1f} {t['GenAI'] / t['graphlens']:8.2f}  "
