@@ -10,6 +10,7 @@ import warnings
 
 import click
 
+from graphlens.cli.compare import compare
 from graphlens.cli.deploy import deploy
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
@@ -17,6 +18,7 @@ from graphlens.cli.harvest import harvest
 from graphlens.cli.inspect import inspect
 from graphlens.cli.intervene import intervene
 from graphlens.cli.plot import plot
+from graphlens.cli.quantize import quantize
 from graphlens.cli.run import run
 from graphlens.cli.view import view
 from graphlens.cli.verify import verify
@@ -73,6 +75,8 @@ main.add_command(harvest)
 main.add_command(deploy)
 main.add_command(view)
 main.add_command(verify)
+main.add_command(quantize)
+main.add_command(compare)
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,8 @@ def bundle_summary(bundle: Path) -> dict:
         "source": manifest.get("source", {}),
         "format_version": manifest["format_version"],
         "intervention": manifest.get("intervention"),
+        "quantization": {k: v for k, v in manifest["quantization"].items() if k != "weights"}
+        if manifest.get("quantization") else None,
         "graphlens_version": manifest.get("graphlens_version"),
         "dtype": manifest["dtype"],
         "opset": manifest.get("opset"),
@@ -83,6 +85,10 @@ def inspect(bundle, as_json, hooks):
                f"opset {summary['opset']}, {summary['dtype']}")
     done = [k for k, v in summary["processing"].items() if v]
     click.echo(f"processing    {', '.join(done) or 'none'}")
+    if summary["quantization"]:
+        q = summary["quantization"]
+        click.echo(f"quantization  {q['method']} ({', '.join(q['ops'])}; block size {q['block_size']}, "
+                   f"{'symmetric' if q['symmetric'] else 'asymmetric'})")
     click.echo("config")
     width = max(map(len, summary["config"]))
     for key, value in summary["config"].items():

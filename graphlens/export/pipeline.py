@@ -101,6 +101,7 @@ def export_bundle(
     decoder: bool = True,
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
     patch_sites: str = "all",
+    quantize: str | None = None,
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
@@ -114,7 +115,14 @@ def export_bundle(
     ``decoder``: also write ``decoder.onnx``, the KV-cache graph generation runs (manifest key "decoder").
     ``overwrite``: replace a bundle already at ``out_dir`` (anything else there is never replaced; see
     ``bundle_write``).
+    ``quantize``: "int4" or "int8" writes a quantized bundle (``graphlens.quantize``) of the processed weights.
     """
+    if quantize is not None:
+        from graphlens.quantize.bundle import export_quantized
+
+        return export_quantized(source, out_dir if out_dir is not None else default_output_dir(source), quantize,
+                                overwrite=overwrite, progress=progress, processing=processing, dtype=dtype, opset=opset,
+                                external_data=external_data, decoder=decoder, patch_sites=patch_sites)
     report = progress or (lambda *a: None)
     if patch_sites not in PATCH_SITE_CHOICES:
         raise InputError(f"patch_sites must be one of {', '.join(PATCH_SITE_CHOICES)}; got {patch_sites!r}")

@@ -155,6 +155,10 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
             )
         if not extra:
             return fields
+        if self.manifest.get("quantization"):
+            flags = " ".join(f"--{k.replace('_', '-')}" for k in extra)
+            raise BundleError(f"{self.bundle_dir} is quantized: {', '.join(extra)} cannot be applied to its weights at "
+                              f"load; export the float bundle with {flags}, then quantize it")
         import onnx_graphsurgeon as gs
 
         from graphlens.rewrite.apply_weights import apply_processing

@@ -66,7 +66,12 @@ class WeightsMixin:
 
     @cached_property
     def _tl_weights(self) -> dict[str, np.ndarray]:
-        return dict(self.architecture.read_weights(initializer_arrays(self.graph), self.cfg.to_dict()))
+        params = initializer_arrays(self.graph)
+        if self.manifest.get("quantization"):  # quantized weights read back as floats, under their HF names
+            from graphlens.quantize.dequantise import dequantised
+
+            params = dequantised(params, self.manifest["quantization"])
+        return dict(self.architecture.read_weights(params, self.cfg.to_dict()))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The TransformerLens state dict (parameters only, numpy), as the processed TL model holds it.
