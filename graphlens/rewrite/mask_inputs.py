@@ -38,8 +38,10 @@ def with_mask_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         node.input[:] = [inner.get(name, name) for name in node.input]
     for name in DEFAULTS:
+        # Symbols of their own: the [1, 1] default is not [batch, pos], and ONNX Runtime's memory planner
+        # trusts equal symbols (it re-used a [1, 1] buffer for a [batch, pos] tensor in Llama graphs).
         dims = inputs[name].type.tensor_type.shape.dim
-        dims[0].dim_param, dims[1].dim_param = "batch", "pos"
+        dims[0].dim_param, dims[1].dim_param = f"{name}_batch", f"{name}_pos"
     p = lambda name: f"{_PREFIX}.{name}"  # noqa: E731
     consts = {p("one"): np.array(1, np.int64), p("zero"): np.array(0, np.int64), p("axis"): np.array(1, np.int64)}
     nodes = [
@@ -63,11 +65,13 @@ def with_mask_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
 def manifest_defaults(inputs: list[dict]) -> list[dict]:
     """The manifest's ``inputs`` entries with each defaulted input's ``required: false``, ``default``
     (``{"shape": [1, 1], "fill": value}``, the form format 2 gives every overridable initializer) and
-    ``meaning`` added."""
+    ``meaning`` added; their shape is ``[batch, pos]`` as ``input_ids`` (or broadcastable to it), whatever
+    symbols the graph declares."""
     out = []
     for entry in inputs:
         if entry["name"] in DEFAULTS:
             value, meaning = DEFAULTS[entry["name"]]
-            entry = {**entry, "required": False, "default": {"shape": [1, 1], "fill": value}, "meaning": meaning}
+            entry = {**entry, "shape": ["batch", "pos"], "required": False, "default": {"shape": [1, 1], "fill": value},
+                     "meaning": meaning}
         out.append(entry)
     return out

@@ -185,3 +185,19 @@ def test_plain_onnx_runtime_feeds_and_manifest_inputs(models, small_bundle):
     (unpadded,) = session.run(["hook_pos_embed"], {"input_ids": tokens})
     np.testing.assert_array_equal(positions_fed[mask.astype(bool)], unpadded[mask.astype(bool)])
     assert not np.array_equal(derived[0], unpadded[0])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_plain_onnx_runtime_on_input_ids_alone_equals_hf(family_bundle, family_hf, family):
+    """Every family's model.onnx runs in plain ONNX Runtime on ``input_ids`` alone (the mask inputs' [1, 1]
+    defaults), with HF's logits: the defaults' symbolic dims must not claim to be ``[batch, pos]``."""
+    from transformers import AutoModelForCausalLM
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(family_bundle[family] / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    tokens = np.random.default_rng(7).integers(1, 300, size=(2, 9))
+    (logits,) = session.run(["logits"], {"input_ids": tokens})
+    hf = AutoModelForCausalLM.from_pretrained(family_hf[family], attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert_close(logits, hf(torch.tensor(tokens)).logits, f"{family}: logits on input_ids alone")
