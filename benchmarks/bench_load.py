@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import CACHE, log
+from benchmarks.common import log
 
 _CHILD = r"""
 import json, resource, sys, time
