@@ -1,10 +1,11 @@
 """graphlens vs TransformerLens on CUDA: forward, run_with_cache (all hooks), greedy generation.
 
-    python -m benchmarks.bench_gpu [--repeats 10] [--batch 4] [--pos 64]
+    python -m benchmarks.bench_gpu [--repeats 10] [--batch 4] [--pos 64] [--device cuda|cpu] [--no-genai]
 
 Run by ``benchmarks/gpu.sh`` on a machine with an NVIDIA GPU and onnxruntime-gpu. gpt2-small shape,
 random weights, fp32; graphlens on the CUDA execution provider, TransformerLens on torch CUDA; GenAI
 CUDA (``onnxruntime-genai-cuda``) when installed, on a Llama of the same width. Prints ratios.
+``--device cpu`` runs the same code on the CPU (``gpu.sh --dry-run``: the script works before a GPU is lent).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _cuda_ms(fn, repeats: int) -> float:
 
     def run():
         fn()
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     return median_ms(run, repeats)
 
@@ -37,16 +39,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--pos", type=int, default=64)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--no-genai", action="store_true", help="skip the GenAI comparison")
     args = parser.parse_args()
-    if "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
+    device = args.device
+    if device == "cuda" and ("CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available()):
         raise SystemExit(f"needs onnxruntime-gpu with CUDA ({ort.get_available_providers()}) and torch with CUDA "
                          f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
 
     source = hf_folder()
     tokens = np.random.default_rng(0).integers(0, 50000, size=(args.batch, args.pos))
     prompt = np.random.default_rng(1).integers(0, 50000, size=(1, PROMPT))
-    log("graphlens on CUDA")
-    model = HookedTransformer.from_pretrained(bundle(source, name=f"{source.name}-bundle-decoder"), device="cuda")
+    log(f"graphlens on {device}")
+    model = HookedTransformer.from_pretrained(bundle(source, name=f"{source.name}-bundle-decoder"), device=device)
     ours = {
         "forward": _cuda_ms(lambda: model(tokens), args.repeats),
         "run_with_cache": _cuda_ms(lambda: model.run_with_cache(tokens), args.repeats),
@@ -56,9 +61,9 @@ def main() -> None:
     ours_tokens = model.generate(prompt, max_new_tokens=NEW, do_sample=False, stop_at_eos=False, verbose=False)
     del model
 
-    log("TransformerLens on CUDA")
-    tl = tl_model(source).to("cuda")
-    tokens_t, prompt_t = torch.tensor(tokens, device="cuda"), torch.tensor(prompt, device="cuda")
+    log(f"TransformerLens on {device}")
+    tl = tl_model(source).to(device)
+    tokens_t, prompt_t = torch.tensor(tokens, device=device), torch.tensor(prompt, device=device)
     theirs = {
         "forward": _cuda_ms(lambda: tl(tokens_t), args.repeats),
         "run_with_cache": _cuda_ms(lambda: tl.run_with_cache(tokens_t), args.repeats),
@@ -67,7 +72,8 @@ def main() -> None:
     }
     tl_tokens = tl.generate(prompt_t, max_new_tokens=NEW, do_sample=False, stop_at_eos=False, verbose=False).cpu().numpy()
 
-    print(f"\ngpt2-small shape, random weights, fp32, {torch.cuda.get_device_name()}, forward / run_with_cache: "
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
+    print(f"\ngpt2-small shape, random weights, fp32, {where}, forward / run_with_cache: "
           f"batch {args.batch} x {args.pos}; generate: batch 1, {PROMPT} + {NEW} tokens; median of {args.repeats}")
     for what in ours:
         print_table(what, [(f"graphlens {what}", ours[what]), (f"TransformerLens {what}", theirs[what])],
@@ -76,7 +82,8 @@ def main() -> None:
     print(f"\nTL / graphlens: forward {theirs['forward'] / ours['forward']:.2f}x, run_with_cache "
           f"{theirs['run_with_cache'] / ours['run_with_cache']:.2f}x, generate {theirs['generate'] / ours['generate']:.2f}x; "
           f"greedy tokens equal for {same} of {NEW}")
-    _genai_cuda(prompt)
+    if not args.no_genai:
+        _genai_cuda(prompt)
 
 
 def _genai_cuda(prompt: np.ndarray) -> None:

@@ -138,13 +138,13 @@ def _check_external_data(folder: Path, manifest: dict, proto: onnx.ModelProto, w
             raise BundleError(f"{folder} is damaged: {data_file} has {size} bytes, weight {init.name} ends at byte {end}")
 
 
-def load_graph(folder: Path, manifest: dict, file: str, field: str, hooks: list[str]) -> onnx.ModelProto:
-    """Read graph ``file`` of the bundle, check it against the manifest, then read its external weights.
+def load_graph(folder: Path, manifest: dict, file: str, field: str, hooks: list[str],
+               read_weights: bool = True) -> onnx.ModelProto:
+    """Read graph ``file`` of the bundle, check it against the manifest, then read its external weights
+    (``read_weights=False``: they stay references into the data file, e.g. for ``MappedWeights``).
 
     Anything ONNX cannot parse becomes a BundleError naming the file.
     """
-    from onnx.external_data_helper import load_external_data_for_model
-
     path = inside(folder, file, field)
     if not path.is_file():
         raise BundleError(f"{folder} is damaged: {file} ({field}) is missing; export the bundle again")
@@ -153,8 +153,17 @@ def load_graph(folder: Path, manifest: dict, file: str, field: str, hooks: list[
     except Exception as err:  # protobuf DecodeError, OSError, ...: the file is not a model
         raise BundleError(f"{path} is not a readable ONNX model ({type(err).__name__}); export the bundle again") from err
     check_graph(folder, manifest, proto, file, hooks)
+    if read_weights:
+        read_external_weights(proto, folder, path)
+    return proto
+
+
+def read_external_weights(proto: onnx.ModelProto, folder: Path, path: Path | None = None) -> None:
+    """Copy the external weights of ``proto`` (a graph of the bundle in ``folder``) into it."""
+    from onnx.external_data_helper import load_external_data_for_model
+
     try:
         load_external_data_for_model(proto, str(folder))
     except Exception as err:
-        raise BundleError(f"cannot read the weights of {path} ({type(err).__name__}: {err}); export the bundle again") from err
-    return proto
+        raise BundleError(f"cannot read the weights of {path or folder} ({type(err).__name__}: {err}); "
+                          f"export the bundle again") from err

@@ -28,6 +28,7 @@ PENDING = "graphlens-pending-weights"  # placeholder location until the weights 
 INLINE_MAX_BYTES = 1024  # smaller initializers stay inside the graph file (as onnx.save_model's threshold)
 ALIGNMENT = 1 << 16  # offsets of large tensors: a multiple of the allocation granularity (mmap-able)
 ALIGN_MIN_BYTES = 1 << 20
+SMALL_ALIGNMENT = 64  # every other tensor: a cache line, so the runtime's memory map can be read in place
 
 
 def numpy_view(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -148,8 +149,9 @@ class WeightsFile:
             self.inline[name] = _raw(np.ascontiguousarray(array)).tobytes()
             return
         offset = self._file.tell()
-        if nbytes >= ALIGN_MIN_BYTES and offset % ALIGNMENT:
-            offset += ALIGNMENT - offset % ALIGNMENT
+        align = ALIGNMENT if nbytes >= ALIGN_MIN_BYTES else SMALL_ALIGNMENT
+        if offset % align:
+            offset += align - offset % align
             self._file.seek(offset)
         if array.flags.c_contiguous or array.ndim < 2:
             self._file.write(_raw(np.ascontiguousarray(array)))

@@ -17,17 +17,18 @@ class TLFacadeMixin:
         """Move the model to a device ("cpu", "cuda", "cuda:N"); dtypes are fixed at export."""
         name = str(device_or_dtype)
         if name in _DTYPE_NAMES or name.startswith("torch.") and "float" in name:
-            if name.rpartition(".")[2] == self.cfg.dtype:
+            held = self.manifest["dtype"]
+            if name.rpartition(".")[2] == held:
                 return self
-            raise InputError(f"this bundle holds {self.cfg.dtype} weights; export it again with "
+            raise InputError(f"this bundle holds {held} weights; export it again with "
                              f"`graphlens export {self.manifest['source']['model']} --dtype {name.rpartition('.')[2]}`")
         device = resolve_device(name)
-        if device == self.cfg.device:
+        if device == self.cfg.device and self.cfg.n_devices == 1:
             return self
         for graph in (self.graph, self.__dict__.get("_decoder_graph")):
             if graph is not None:
-                graph.to(device)
-        self.cfg.device = device
+                graph.to(device)  # every block there: a split across devices is undone
+        self.cfg.device, self.cfg.n_devices = device, 1
         if print_details:
             print("Moving model to device: ", device)
         return self

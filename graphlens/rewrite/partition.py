@@ -49,6 +49,7 @@ class Plan:
     parts: list[Part]
     pre: dict[str, str]  # hooked site → the tensor its hooks receive
     outputs: list[str]
+    passthrough: frozenset[str] = frozenset()  # cut sites whose value goes on unchanged (no hooks run there)
 
 
 def pre_hook_tensor(graph: onnx.GraphProto, site: str) -> str:

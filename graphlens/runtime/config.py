@@ -34,6 +34,7 @@ _DEFAULTS = dict(
     use_hook_mlp_in=False,
     use_attn_in=False,
     device="cpu",
+    n_devices=1,
     dtype="float32",
     model_name="custom",
 )

@@ -9,10 +9,14 @@ from typing import Callable, Iterable, Mapping, TypeVar
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import external_data_helper, numpy_helper
+from onnx import numpy_helper
 
+from graphlens.devices import DeviceSplit
+from graphlens.devices.bfloat16 import has_bfloat16, widen_bfloat16
+from graphlens.errors import BundleError
 from graphlens.export_names import is_substitution_input
 from graphlens.rewrite.specialise import specialise
+from graphlens.runtime.mapped_weights import MappedWeights, Source, external_source
 from graphlens.runtime.session import DISABLED_OPTIMIZERS, providers_for, session_options
 
 T = TypeVar("T")
@@ -30,22 +34,38 @@ class BundleGraph:
     per-request graphs carry no weight data, so specialising is cheap.
     """
 
-    def __init__(self, proto: onnx.ModelProto, device: str, max_sessions: int = 16):
+    def __init__(self, proto: onnx.ModelProto, device: str, max_sessions: int = 16, mapped: MappedWeights | None = None):
+        """``mapped``: where initializers still stored in external files are read from (memory maps of
+        the bundle's data file, see ``mapped_weights``); without it, ``proto`` holds all weight bytes."""
         self.device = device
         self.weights: dict[str, np.ndarray] = {}
+        self.weight_sources: dict[str, Source] = {}  # external initializers: where their bytes are on disk
         for init in proto.graph.initializer:
-            if init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
+            source = external_source(init)
+            if source is not None:
+                if mapped is None:
+                    raise BundleError(f"initializer {init.name!r} is in {source[0]}, and no bundle folder was given to read it")
+                self.weights[init.name], self.weight_sources[init.name] = mapped.array(init), source
+            elif init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
                 self.weights[init.name] = numpy_helper.to_array(init)
-                external_data_helper.set_external_data(init, location="graphlens-shared", offset=0, length=0)
-                init.ClearField("raw_data")
-                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    init.ClearField(field)
-                init.data_location = onnx.TensorProto.EXTERNAL
+            else:
+                continue
+            init.ClearField("raw_data")
+            del init.external_data[:]
+            for key, value in (("location", "graphlens-shared"), ("offset", "0"), ("length", "0")):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(field)
+            init.data_location = onnx.TensorProto.EXTERNAL
+        if has_bfloat16(proto):  # no bfloat16 kernels on the CPU, no bfloat16 in numpy: computed in float32
+            widen_bfloat16(proto, self.weights)
         self.proto = proto
         # inputs of the model's own with a default (attention_mask, position_ids): fed or not, per run
         inits = {i.name: i for i in proto.graph.initializer}
         self.input_defaults: dict[str, np.ndarray] = {
-            i.name: numpy_helper.to_array(inits[i.name]) for i in proto.graph.input
+            i.name: self.weights[i.name] if i.name in self.weights else numpy_helper.to_array(inits[i.name])
+            for i in proto.graph.input
             if i.name in inits and not is_substitution_input(i.name)
         }
         self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
@@ -55,6 +75,7 @@ class BundleGraph:
         self._types: dict[str, onnx.ValueInfoProto] | None = None
         self._max_sessions = max_sessions
         self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
+        self.split: DeviceSplit | None = None  # blocks across devices (n_devices > 1): every run is cut there
 
     def session(self, outputs: Iterable[str], fed: Mapping[str, Iterable[str]] | None = None) -> ort.InferenceSession:
         outputs = tuple(sorted(set(outputs)))
@@ -62,8 +83,10 @@ class BundleGraph:
         key = (outputs, fed_key)
         return self.cached(key, lambda: self.compile(specialise(self.proto, outputs, dict(fed_key))))
 
-    def compile(self, model: onnx.ModelProto, spinning: bool = True, arena: bool = True) -> ort.InferenceSession:
-        """A session for ``model`` (a graph derived from this one), reading the shared weights.
+    def compile(self, model: onnx.ModelProto, spinning: bool = True, arena: bool = True,
+                device: str | None = None) -> ort.InferenceSession:
+        """A session for ``model`` (a graph derived from this one) on ``device`` (default: the graph's),
+        reading the shared weights.
 
         ``spinning=False`` for sessions that run one after another (the parts of a partitioned run):
         idle threads of the previous part would otherwise spin and take the cores from the next one.
@@ -76,7 +99,7 @@ class BundleGraph:
         options.enable_cpu_mem_arena = arena
         names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device),
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device or self.device),
                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
     def replace_proto(self, proto: onnx.ModelProto) -> None:
@@ -89,10 +112,16 @@ class BundleGraph:
         self.__dict__.pop("tensor_names", None)  # cached from the old proto
 
     def to(self, device: str) -> None:
-        """Run on ``device`` from now on: the sessions are made again there (the weights stay shared)."""
-        if device != self.device:
-            self.device = device
+        """Run on ``device`` from now on (all blocks: a split is undone); the sessions are made again there
+        (the weights stay shared)."""
+        if device != self.device or self.split is not None:
+            self.device, self.split = device, None
             self._sessions.clear()
+
+    def split_across(self, split: DeviceSplit | None) -> None:
+        """Run the block ranges of ``split`` as separate sessions on their devices (None: one session)."""
+        self.split = split if split is not None and split.n_devices > 1 else None
+        self._sessions.clear()
 
     def cached(self, key: tuple, build: Callable[[], T]) -> T:
         """``build()``'s result, kept in the session cache (least recently used entries go first)."""
@@ -122,6 +151,10 @@ class BundleGraph:
         self, outputs: Iterable[str], feeds: Mapping[str, np.ndarray], fed: Mapping[str, Iterable[str]] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the specialised graph; returns ``{output name: array}``."""
+        if self.split is not None:
+            from graphlens.runtime.partitioned import run_partitioned
+
+            return run_partitioned(self, (), outputs, feeds, None, None, fed)
         session = self.session(outputs, fed)
         names = [o.name for o in session.get_outputs()]
         self.session_runs += 1

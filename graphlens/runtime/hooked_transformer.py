@@ -12,11 +12,12 @@ from jaxtyping import Float, Int
 
 from graphlens.architectures import architecture_named
 from graphlens.bundle import BundleError, read_manifest, verify_bundle
-from graphlens.bundle_check import load_graph
+from graphlens.bundle_check import load_graph, read_external_weights
 from graphlens.components import ModulesMixin
 from graphlens.facade.kv_forward import KVForwardMixin
 from graphlens.facade.switches import SwitchesMixin
 from graphlens.facade.tl_api import TLFacadeMixin
+from graphlens.devices import DeviceSplit
 from graphlens.dtypes import dtype_name
 from graphlens.resolve import resolve_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
@@ -29,6 +30,7 @@ from graphlens.runtime.hook_points import HookPoint
 from graphlens.runtime.feeds import checked_feed
 from graphlens.runtime.hooks import HooksMixin, site_runs
 from graphlens.runtime.layer_bounds import bounded_run
+from graphlens.runtime.mapped_weights import MappedWeights
 from graphlens.runtime.partitioned import run_partitioned
 from graphlens.rewrite.mask_inputs import ATTENTION_MASK, POSITION_IDS
 from graphlens.runtime.inputs import as_numpy, attention_mask_for, check_attention_mask, check_tokens
@@ -74,10 +76,13 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         self.architecture = architecture_named(self.manifest["architecture"])
         device = resolve_device(device)
         proto = load_graph(self.bundle_dir, self.manifest, self.manifest["model_file"], "model_file",
-                           [h["name"] for h in self.manifest["hooks"]])
+                           [h["name"] for h in self.manifest["hooks"]], read_weights=False)
         fields = self._apply_missing_processing(proto, processing)
-        self.cfg = Config({**fields, "device": device, "dtype": self.manifest["dtype"]})
-        self.graph = BundleGraph(proto, device)
+        # the activations' dtype: a bfloat16 bundle computes in float32 (graphlens.devices.bfloat16)
+        activations = "float32" if self.manifest["dtype"] == "bfloat16" else self.manifest["dtype"]
+        self.cfg = Config({**fields, "device": device, "dtype": activations})
+        self.mapped_weights = MappedWeights(self.bundle_dir)  # model.onnx.data mapped once, for every graph
+        self.graph = BundleGraph(proto, device, mapped=self.mapped_weights)
         self.tokenizer = TokenizerAdapter.from_folder(self.bundle_dir)
         if self.tokenizer is not None:
             self.cfg.tokenizer_prepends_bos = self.tokenizer.prepends_bos
@@ -96,6 +101,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         fold_value_biases: bool = True,
         refactor_factored_attn_matrices: bool = False,
         device: str | None = None,
+        n_devices: int = 1,
         dtype: object = None,
         default_prepend_bos: bool | None = None,
         default_padding_side: Literal["left", "right"] | None = None,
@@ -109,6 +115,9 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
         ``default_padding_side`` (default: the bundle tokenizer's) and ``default_prepend_bos``
         (default: the config's) set the defaults ``to_tokens`` and ``forward`` use.
         File sizes are always checked; ``verify=True`` also checks every file's SHA-256.
+        ``n_devices``: split the blocks across ``cuda:0 … cuda:N-1`` (from ``device``'s index) as
+        TransformerLens does, one session per block range (on CPU: N CPU sessions); see ``graphlens.devices``.
+        ``dtype``: a name ("float16"), a torch dtype or a numpy dtype; the bundle must hold that dtype.
         """
         if kwargs:
             raise InputTypeError(f"unexpected arguments: {', '.join(kwargs)}")
@@ -127,11 +136,20 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
                 f"export again with `graphlens export SOURCE --dtype {dtype}`"
             )
         model = cls(bundle, device=device, processing=processing)
+        model.split_across_devices(n_devices)
         if default_prepend_bos is not None:
             model.cfg.default_prepend_bos = bool(default_prepend_bos)
         if default_padding_side is not None and model.tokenizer is not None:
             model.tokenizer.padding_side = default_padding_side
         return model
+
+    def split_across_devices(self, n_devices: int) -> None:
+        """Run the blocks on ``n_devices`` devices from now on (TransformerLens' ``n_devices``; 1: one session)."""
+        split = DeviceSplit.even(self.cfg.n_layers, n_devices, self.cfg.device)
+        for graph in (self.graph, self.__dict__.get("_decoder_graph")):
+            if graph is not None:
+                graph.split_across(split)
+        self.cfg.n_devices = split.n_devices
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str | os.PathLike, **kwargs) -> "HookedTransformer":
@@ -163,6 +181,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMix
 
         from graphlens.rewrite.apply_weights import apply_processing
 
+        read_external_weights(proto, self.bundle_dir)  # rewritten here: the graph holds its own processed copy
         # fold_ln moves ln biases into b_V, so value biases are folded again after it
         steps = Processing(**{**NO_PROCESSING.as_dict(), **extra, "fold_value_biases": wanted.fold_value_biases})
         graph = gs.import_onnx(proto)

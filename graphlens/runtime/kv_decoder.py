@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 
 from graphlens.bundle import BundleError, read_manifest
 from graphlens.bundle_check import load_graph
+from graphlens.runtime.mapped_weights import MappedWeights
 from graphlens.rewrite.weights import Processing
 from graphlens.runtime.graph import LOGITS, BundleGraph
 from graphlens.runtime.partitioned import HookCaller, run_partitioned
@@ -40,7 +41,8 @@ def load_decoder_graph(model) -> BundleGraph:
             f"{model.bundle_dir} has no decoder graph (bundles exported before generation support); "
             f"export it again with `graphlens export {model.manifest['source']['model']}`"
         )
-    proto = load_graph(model.bundle_dir, model.manifest, entry["file"], "decoder.file", list(entry["hook_names"]))
+    proto = load_graph(model.bundle_dir, model.manifest, entry["file"], "decoder.file", list(entry["hook_names"]),
+                       read_weights=False)
     # the decoder on disk has the bundle's processing; bring it to what the model was loaded with
     loaded = model.manifest
     model.manifest = read_manifest(model.bundle_dir)
@@ -48,16 +50,21 @@ def load_decoder_graph(model) -> BundleGraph:
         model._apply_missing_processing(proto, Processing(**loaded["processing"]))
     finally:
         model.manifest = loaded
-    graph = BundleGraph(proto, model.cfg.device)
+    graph = BundleGraph(proto, model.cfg.device, mapped=getattr(model, "mapped_weights", None) or MappedWeights(model.bundle_dir))
     _share_weights(graph, model.graph)
+    graph.split_across(model.graph.split)  # the same blocks on the same devices as the model's graph
     return graph
 
 
 def _share_weights(graph: BundleGraph, main: BundleGraph) -> None:
-    """Let ``graph`` read the weights it has in common with ``main`` from ``main``'s copy (one copy in memory)."""
+    """Let ``graph`` read the weights it has in common with ``main`` from ``main``'s copy (one copy in memory):
+    the same bytes of the same file (no comparison needed), or equal values."""
     for name, array in list(graph.weights.items()):
         other = main.weights.get(name)
-        if other is not None and other.shape == array.shape and other.dtype == array.dtype and np.array_equal(other, array):
+        if other is None or other.shape != array.shape or other.dtype != array.dtype:
+            continue
+        source = graph.weight_sources.get(name)
+        if (source is not None and source == main.weight_sources.get(name)) or np.array_equal(other, array):
             graph.weights[name] = other
             graph._ort_weights[name] = main._ort_weights[name]
 
@@ -103,7 +110,7 @@ class KVDecoder:
         ``given``: graph tensors fed instead of computed (the token embeddings of an embeddings input).
         """
         hooks = list(hooks)
-        if hooked or given:
+        if hooked or given or self.graph.split is not None:  # cut at hooks, given tensors or device changes
             return self._step_with_hooks(input_ids, attention_mask, position_ids, hooks, feeds, fed, hooked, call_hooks,
                                          given)
         session = self.graph.session([LOGITS, *self.present_names, *hooks], fed)
