@@ -10,6 +10,7 @@ import warnings
 
 import click
 
+from graphlens.cli.attach import attach
 from graphlens.cli.deploy import deploy
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
@@ -73,6 +74,7 @@ main.add_command(harvest)
 main.add_command(deploy)
 main.add_command(view)
 main.add_command(verify)
+main.add_command(attach)
 
 if __name__ == "__main__":
     main()
