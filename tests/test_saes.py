@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +319,81 @@ def test_bad_saes_raise_graphlens_errors(gpt2, sae_folders, tmp_path):
 
     with pytest.raises(InputError, match="W .* do not fit"):
         attach(ours.bundle_dir, probes={"blocks.0.hook_resid_pre": (np.ones((3, 2)), np.ones(2))}, out=tmp_path / "p")
+
+
+def test_run_with_saes_reuses_the_rewritten_graph_and_its_sessions(gpt2, sae_folders):
+    ours, _ = gpt2
+    _, folder = sae_folders["topk-hook_z"]
+    tokens = _tokens()
+    first = ours.run_with_saes(tokens, saes=[folder])
+    compiled = []
+    compile_session = ours.graph.compile
+    ours.graph.compile = lambda *a, **k: compiled.append(1) or compile_session(*a, **k)
+    try:
+        again = ours.run_with_saes(tokens, saes=[str(folder)])
+        plain = ours(tokens)
+    finally:
+        del ours.graph.compile
+    np.testing.assert_array_equal(first, again)
+    assert compiled == []  # the SAE's graph, and the plain one, kept their sessions
+    assert np.abs(first - plain).max() > 1e-3
+
+
+JS = Path(__file__).resolve().parent.parent / "js"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (JS / "node_modules" / "onnxruntime-node").is_dir(),
+                    reason="node or js/node_modules is missing: (cd js && ONNXRUNTIME_NODE_INSTALL=skip npm ci)")
+def test_attached_sae_read_ablated_and_steered_from_node(gpt2, sae_folders, small_bundle, tmp_path):
+    """The attached bundle, deployed with required inputs at the features, from the js/ package (onnxruntime-node)."""
+    from graphlens.deploy import deploy
+    from graphlens.saes import attach
+
+    _, ref = gpt2
+    sae, folder = sae_folders["standard-resid_pre"]
+    acts = "blocks.1.hook_resid_pre.hook_sae_acts_post"
+    probe_w = np.random.default_rng(6).normal(size=(D_SAE, 1)).astype(np.float32)
+    attached = attach(small_bundle, [folder], tmp_path / "attached", probes={acts: {"monitor": (probe_w, np.zeros(1))}})
+    probe = f"{acts}.probe.monitor"
+    deployed = deploy(attached, tmp_path / "deployed", hooks=[acts, probe], patch=[acts])
+    tokens = _tokens(7, (1, 6))
+    ref_logits, ref_cache = ref.run_with_cache_with_saes(torch.tensor(tokens), saes=[sae])
+    feature = int(np.argmax(ref_cache[acts].numpy().sum((0, 1))))
+
+    def edit(how):
+        def hook(value, hook):
+            value[..., feature] = 0.0 if how == "ablate" else value[..., feature] + 4.0
+            return value
+        with ref.saes(saes=[sae]):
+            return ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(acts, hook)]).detach().numpy()
+
+    refs = {"bundle": str(deployed), "tokens": tokens.tolist(), "acts": acts, "probe": probe, "d_sae": D_SAE,
+            "feature": feature, "steer_by": 4.0, "acts_dims": list(ref_cache[acts].shape),
+            "acts_values": ref_cache[acts].numpy().ravel().tolist(),
+            "probe_values": (ref_cache[acts].numpy() @ probe_w).ravel().tolist(),
+            "logits": ref_logits.detach().numpy().ravel().tolist(),
+            "ablated": edit("ablate").ravel().tolist(), "steered": edit("steer").ravel().tolist()}
+    (tmp_path / "saes.json").write_text(json.dumps(refs))
+    run = subprocess.run(["node", "--test", "--test-reporter=spec", "checks/saes.test.js"], cwd=JS, capture_output=True,
+                         text=True, env={**os.environ, "GRAPHLENS_SAES_REFS": str(tmp_path)}, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "pass 1\n" in run.stdout and "skipped 0\n" in run.stdout  # it ran (not skipped)
+
+
+def test_saes_stay_attached_across_set_use_switches(gpt2, sae_folders):
+    ours, ref = gpt2
+    sae, folder = sae_folders["standard-resid_pre"]
+    tokens = _tokens(8)
+    want = ref.run_with_saes(torch.tensor(tokens), saes=[sae]).detach().numpy()
+    ours.add_sae(folder)
+    try:
+        ours.set_use_attn_result(True)
+        logits, cache = ours.run_with_cache(tokens, names_filter=lambda n: "hook_result" in n or "hook_sae" in n)
+        assert "blocks.1.attn.hook_result" in cache.keys() and "blocks.1.hook_resid_pre.hook_sae_output" in cache.keys()
+        np.testing.assert_allclose(logits, want, atol=ATOL, rtol=0)
+        ours.set_use_attn_result(False)
+        np.testing.assert_allclose(ours(tokens), want, atol=ATOL, rtol=0)
+    finally:
+        ours.set_use_attn_result(False)
+        ours.reset_saes()
+    assert "blocks.1.attn.hook_result" not in ours.hook_names

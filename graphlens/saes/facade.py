@@ -4,19 +4,22 @@
 Attaching rewrites the loaded graphs (the model's and the decoder ``generate`` uses) with
 ``graphlens.saes.rewrite``, on top of the ``set_use_*`` sites; nothing is exported again. The rewritten
 graph and its sessions are kept per set of attached SAEs, so running with the same SAEs again (as
-``run_with_saes`` does on every call) reuses them.
+``run_with_saes`` does on every call) reuses them; an SAE given as a folder is read once (again when its
+files change). An SAELens ``SAE`` object is converted, and its graph rewritten, on every attach.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from graphlens.errors import InputError, UnknownHookError
 from graphlens.facade.switches import SWITCHES
 from graphlens.runtime.hook_points import HookPoint
-from graphlens.saes.reader import SAEWeights, load_sae
+from graphlens.saes.reader import CFG_FILE, WEIGHTS_FILE, SAEWeights, load_sae
 from graphlens.saes.rewrite import sae_dims, with_saes
 from graphlens.sites import SAE_DIMS, attached_base, forward_sorted
 
@@ -43,7 +46,7 @@ class SAEsMixin:
         ``hook_sae_error``); None: the SAELens object's own setting (False for a folder). An SAE already
         attached at the same hook is replaced.
         """
-        weights = load_sae(sae)
+        weights = self._read_sae(sae)
         if use_error_term is None:
             use_error_term = bool(getattr(sae, "use_error_term", False))
         for hook in (weights.hook_name, weights.hook_name_out):
@@ -95,6 +98,25 @@ class SAEsMixin:
             return self.run_with_hooks(*model_args, fwd_hooks=fwd_hooks, **kwargs)
 
     # ---- the rewrite --------------------------------------------------------------------------------
+    def _read_sae(self, sae) -> SAEWeights:
+        """``load_sae(sae)``; a folder read before (same files, unchanged) gives the same object, so
+        ``run_with_saes`` with a folder finds its rewritten graph and sessions again."""
+        if not isinstance(sae, (str, os.PathLike)):
+            return load_sae(sae)
+        folder = Path(sae).resolve()
+        try:
+            stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in (folder / CFG_FILE, folder / WEIGHTS_FILE))
+        except OSError:
+            return load_sae(sae)  # raises the reader's error
+        reads: OrderedDict = self.__dict__.setdefault("_sae_reads", OrderedDict())
+        key = (str(folder), stamp)
+        if key not in reads:
+            reads[key] = load_sae(folder)
+            while len(reads) > 2 * _KEPT_STATES:
+                reads.popitem(last=False)
+        reads.move_to_end(key)
+        return reads[key]
+
     def _baked_sae_sites(self) -> set[str]:
         return {entry["hook_name_out"] for entry in self.manifest.get("saes") or []}
 
@@ -114,6 +136,13 @@ class SAEsMixin:
                 self._use_sae_proto(graph)
             raise
         self._sync_hook_points()
+
+    def _set_switch(self, flag: str, on: bool) -> None:
+        # the switch replaces the graphs itself: keep the sessions kept per SAE state out of its way
+        for graph in (self.graph, self.__dict__.get("_decoder_graph")):
+            if graph is not None:
+                graph._sessions = OrderedDict()
+        super()._set_switch(flag, on)
 
     def _sae_key(self) -> tuple:
         switches = tuple(bool(getattr(self.cfg, flag)) for flag in SWITCHES)
