@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
-from benchmarks.common import CACHE, bundle, hf_folder, log, tl_model
+from benchmarks.common import CACHE, bundle, hf_folder, interleaved_seconds, log, tl_model
 from graphlens import HookedTransformer
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _sae(d_model: int, d_sae: int, hook: str):
@@ -83,13 +76,7 @@ def main() -> None:
         "graphlens, features only (return_type=None)": lambda: ours.run_with_cache_with_saes(
             tokens, saes=[folder], names_filter=feature_hook, return_type=None),
     }
-    times: dict[str, list[float]] = {label: [] for label in rows}
-    for round_ in range(args.repeats + 2):  # two warm-up rounds
-        log(f"round {round_ + 1}/{args.repeats + 2}")
-        for label, fn in rows.items():
-            seconds = _seconds(fn)
-            if round_ >= 2:
-                times[label].append(seconds)
+    times = interleaved_seconds(rows, args.repeats)
     print(f"\ngpt2-small shape, fp32, CPU, batch {args.batch} x {args.pos}, standard SAE d_sae={args.d_sae} at {hook}, "
           f"median of {args.repeats} interleaved rounds (features agree to {gap:.1e})")
     print(f"{'':46s} {'ms':>10s}  speed-up of graphlens")

@@ -326,6 +326,7 @@ def test_run_with_saes_reuses_the_rewritten_graph_and_its_sessions(gpt2, sae_fol
     _, folder = sae_folders["topk-hook_z"]
     tokens = _tokens()
     first = ours.run_with_saes(tokens, saes=[folder])
+    ours(tokens)  # the plain graph has a session again too
     compiled = []
     compile_session = ours.graph.compile
     ours.graph.compile = lambda *a, **k: compiled.append(1) or compile_session(*a, **k)

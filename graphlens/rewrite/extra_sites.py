@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphlens.errors import UnsupportedArchitectureError
-from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, with_input_defaults
+from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrumented_model
 
 _PASS_THROUGH = ("Identity", "Reshape")
 
@@ -161,12 +161,4 @@ def with_extra_sites(proto: onnx.ModelProto, suffixes: list[str], cfg: dict) -> 
     for suffix in suffixes:
         for layer in range(cfg["n_layers"]):
             REWRITES[suffix](graph, layer, cfg)
-    instrument_sites(graph, cfg, "all")
-    out = gs.export_onnx(graph)
-    # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again
-    kept = {i.name for i in out.graph.input}
-    out.graph.input.extend(i for i in proto.graph.input if i.name not in kept)
-    del out.opset_import[:]
-    out.opset_import.extend(proto.opset_import)
-    out.ir_version = proto.ir_version
-    return with_input_defaults(out)
+    return instrumented_model(graph, proto, cfg)

@@ -33,14 +33,8 @@ class BundleGraph:
     def __init__(self, proto: onnx.ModelProto, device: str, max_sessions: int = 16):
         self.device = device
         self.weights: dict[str, np.ndarray] = {}
-        for init in proto.graph.initializer:
-            if init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
-                self.weights[init.name] = numpy_helper.to_array(init)
-                external_data_helper.set_external_data(init, location="graphlens-shared", offset=0, length=0)
-                init.ClearField("raw_data")
-                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    init.ClearField(field)
-                init.data_location = onnx.TensorProto.EXTERNAL
+        self._ort_weights: dict[str, ort.OrtValue] = {}
+        self.share_weights(proto)
         self.proto = proto
         # inputs of the model's own with a default (attention_mask, position_ids): fed or not, per run
         inits = {i.name: i for i in proto.graph.initializer}
@@ -48,13 +42,26 @@ class BundleGraph:
             i.name: numpy_helper.to_array(inits[i.name]) for i in proto.graph.input
             if i.name in inits and not is_substitution_input(i.name)
         }
-        self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
         self.output_names = [o.name for o in proto.graph.output]
         self.input_names = {i.name for i in proto.graph.input}
         self._sessions: OrderedDict[tuple, object] = OrderedDict()
         self._types: dict[str, onnx.ValueInfoProto] | None = None
         self._max_sessions = max_sessions
         self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
+
+    def share_weights(self, proto: onnx.ModelProto) -> None:
+        """Move ``proto``'s large initializers (in place) into the weights every session shares; a rewrite's
+        new weights (e.g. an attached SAE's) are then held once, not once per session."""
+        for init in proto.graph.initializer:
+            if init.data_type != onnx.TensorProto.STRING and init.data_location != onnx.TensorProto.EXTERNAL \
+                    and _nbytes(init) >= _SHARED_MIN_BYTES:
+                self.weights[init.name] = numpy_helper.to_array(init)
+                self._ort_weights[init.name] = ort.OrtValue.ortvalue_from_numpy(self.weights[init.name])
+                external_data_helper.set_external_data(init, location="graphlens-shared", offset=0, length=0)
+                init.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    init.ClearField(field)
+                init.data_location = onnx.TensorProto.EXTERNAL
 
     def session(self, outputs: Iterable[str], fed: Mapping[str, Iterable[str]] | None = None) -> ort.InferenceSession:
         outputs = tuple(sorted(set(outputs)))
@@ -74,7 +81,8 @@ class BundleGraph:
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = arena
-        names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
+        names = [i.name for i in model.graph.initializer
+                 if i.name in self._ort_weights and i.data_location == onnx.TensorProto.EXTERNAL]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(self.device),
                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))

@@ -24,6 +24,7 @@ from graphlens.saes.rewrite import sae_dims, with_saes
 from graphlens.sites import SAE_DIMS, attached_base, forward_sorted
 
 _KEPT_STATES = 4  # rewritten graphs (each with its sessions) kept per bundle graph
+_SAE_WEIGHT = ".sae_"  # in the names of in-memory SAEs' weights (rewrite.add_sae's tag)
 
 
 class SAEsMixin:
@@ -139,10 +140,13 @@ class SAEsMixin:
 
     def _set_switch(self, flag: str, on: bool) -> None:
         # the switch replaces the graphs itself: keep the sessions kept per SAE state out of its way
-        for graph in (self.graph, self.__dict__.get("_decoder_graph")):
-            if graph is not None:
-                graph._sessions = OrderedDict()
+        graphs = [g for g in (self.graph, self.__dict__.get("_decoder_graph")) if g is not None]
+        for graph in graphs:
+            graph._sessions = OrderedDict()
         super()._set_switch(flag, on)
+        if self._sae_state:  # the switched graph again, from the states kept (weights shared)
+            for graph in graphs:
+                self._use_sae_proto(graph)
 
     def _sae_key(self) -> tuple:
         switches = tuple(bool(getattr(self.cfg, flag)) for flag in SWITCHES)
@@ -153,20 +157,31 @@ class SAEsMixin:
         states: OrderedDict = graph.__dict__.setdefault("_sae_states", OrderedDict())
         key = self._sae_key()
         if key not in states:
-            states[key] = (self._switched_proto(graph), OrderedDict())
+            proto = self._switched_proto(graph)
+            graph.share_weights(proto)  # the SAE weights: once, for every session
+            # the SAEs stay referenced while their state is kept: their ids (in the key) are not reused
+            states[key] = (proto, OrderedDict(), tuple(self._sae_state.values()))
             while len(states) > _KEPT_STATES:
                 states.popitem(last=False)
+            self._drop_unused_weights(graph, states)
         states.move_to_end(key)
-        proto, sessions = states[key]
+        proto, sessions, _ = states[key]
         graph._sessions = OrderedDict()  # replace_proto clears the sessions it holds: not the kept ones
         graph.replace_proto(proto)
         graph._sessions = sessions
+
+    @staticmethod
+    def _drop_unused_weights(graph, states: OrderedDict) -> None:
+        """Forget the shared SAE weights that no kept state reads any more."""
+        live = {i.name for proto, _, _ in states.values() for i in proto.graph.initializer}
+        for name in [n for n in graph.weights if _SAE_WEIGHT in n and n not in live]:
+            del graph.weights[name], graph._ort_weights[name]
 
     def _switched_proto(self, graph):
         proto = super()._switched_proto(graph)
         if not self._sae_state:
             return proto
-        return with_saes(proto, self._sae_state, self.cfg.to_dict())[0]
+        return with_saes(proto, self._sae_state, self.cfg.to_dict(), tags=True)[0]
 
     def _sync_hook_points(self) -> None:
         points = dict(self.hook_dict)

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from jaxtyping import Float
 
 from graphlens.errors import InputError, UnknownHookError
-from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, with_input_defaults
+from graphlens.rewrite.instrument import MARKER_DOMAIN, MARKER_OP, instrument_sites, instrumented_model
 from graphlens.saes.reader import SAEWeights
 from graphlens.sites import PROBE_INFIX, SAE_DIMS, kind_of, sae_dim_label
 
@@ -176,8 +176,11 @@ def sae_dims(saes: Mapping[str, SAEWeights], probes: Mapping[str, np.ndarray] | 
     return dims
 
 
-def add_sae(graph: gs.Graph, sae: SAEWeights, cfg: dict, use_error_term: bool = False) -> list[str]:
-    """Splice ``sae`` into ``graph`` (an instrumented bundle graph) as markers; returns its hook names."""
+def add_sae(graph: gs.Graph, sae: SAEWeights, cfg: dict, use_error_term: bool = False, tag: str = "") -> list[str]:
+    """Splice ``sae`` into ``graph`` (an instrumented bundle graph) as markers; returns its hook names.
+
+    ``tag`` goes into the names of its weights (``<site>.sae<tag>.W_enc_1`` …): SAEs that differ get
+    different names where graphs sharing weights by name hold several."""
     tensors, outputs = graph.tensors(), {o.name for o in graph.outputs}
     x_in = _site(tensors, sae.hook_name, outputs)
     x_out = _site(tensors, sae.hook_name_out, outputs)
@@ -187,7 +190,7 @@ def add_sae(graph: gs.Graph, sae: SAEWeights, cfg: dict, use_error_term: bool = 
     _check_fits(sae, cfg, in_shape, out_shape, f"SAE at {hook}")
     dtype = x_out.dtype if x_out.dtype is not None else np.float32
     readers = list(x_out.outputs)
-    ops = _Ops(graph, f"{hook}.sae", dtype)
+    ops = _Ops(graph, f"{hook}.sae{tag}", dtype)
     path = _SAEPath(ops, sae, hook)
     flat_in = _flat(ops, x_in, len(in_shape))
     recons, _ = path.build(flat_in, mark=True)
@@ -211,7 +214,7 @@ def probe_name(hook: str, name: str) -> str:
     return f"{hook}{PROBE_INFIX}{name}"
 
 
-def add_probe(graph: gs.Graph, hook: str, name: str, weight: Float[np.ndarray, "d_in n"], bias: Float[np.ndarray, "n"],
+def add_probe(graph: gs.Graph, hook: str, name: str, weight: Float[np.ndarray, "d_in n"], bias: np.ndarray,
               cfg: dict) -> str:
     """Add ``<hook>.probe.<name> = flatten(hook) @ weight + bias`` ``[batch, pos, n]`` as a marker."""
     tensors, outputs = graph.tensors(), {o.name for o in graph.outputs}
@@ -239,34 +242,23 @@ def check_probe(hook: str, name: str, probe, width: int) -> tuple[np.ndarray, np
     return weight, bias
 
 
-def finish(graph: gs.Graph, like: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
-    """The rewritten ``graph`` with hooks at its markers, as a model with ``like``'s opsets and inputs."""
-    instrument_sites(graph, cfg, "all")
-    out = gs.export_onnx(graph)
-    # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again
-    declared = {i.name for i in out.graph.input}
-    out.graph.input.extend(i for i in like.graph.input if i.name not in declared)
-    del out.opset_import[:]
-    out.opset_import.extend(like.opset_import)
-    out.ir_version = like.ir_version
-    return with_input_defaults(out)
-
-
 def with_saes(proto: onnx.ModelProto, saes: Mapping[str, tuple[SAEWeights, bool]], cfg: dict,
-              probes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+              probes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+              tags: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """``proto`` with ``saes`` (output site → (SAE, use_error_term)) and ``probes`` (probe hook → (W, b)).
 
-    ``cfg`` must hold the ``sae_dims`` of them all (``sae_dims``). Returns the new graph and its new hooks.
+    ``cfg`` must hold the ``sae_dims`` of them all (``sae_dims``). ``tags``: weight names unique to each
+    SAE object (``add_sae``'s ``tag``). Returns the new graph and its new hooks.
     """
     if SAE_DIMS not in cfg:
         raise InputError("the config lacks sae_dims (graphlens.saes.rewrite.sae_dims) for the attached SAEs")
     graph = gs.import_onnx(proto)
     hooks = []
     for sae, use_error_term in saes.values():
-        hooks += add_sae(graph, sae, cfg, use_error_term)
+        hooks += add_sae(graph, sae, cfg, use_error_term, tag=f"_{id(sae):x}" if tags else "")
     if probes:
         instrument_sites(graph, cfg, "all")  # the SAE hooks become outputs a probe may read
     for name, (weight, bias) in (probes or {}).items():
         hook, _, probe = name.partition(PROBE_INFIX)
         hooks.append(add_probe(graph, hook, probe, weight, bias, cfg))
-    return finish(graph, proto, cfg), hooks
+    return instrumented_model(graph, proto, cfg), hooks
