@@ -398,3 +398,16 @@ def test_saes_stay_attached_across_set_use_switches(gpt2, sae_folders):
         ours.set_use_attn_result(False)
         ours.reset_saes()
     assert "blocks.1.attn.hook_result" not in ours.hook_names
+
+
+def test_generate_after_add_sae_runs_the_rewritten_decoder(gpt2, sae_folders):
+    ours, ref = gpt2
+    sae, folder = sae_folders["transcoder"]
+    prompt = _tokens(9, (1, 4))
+    with ref.saes(saes=[sae]):
+        want = ref.generate(torch.tensor(prompt), max_new_tokens=6, do_sample=False, verbose=False).numpy()
+    with ours.saes(saes=[folder]):
+        got = ours.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)
+        assert "blocks.1.hook_mlp_out.hook_sae_output" in ours._decoder_graph.output_names
+    np.testing.assert_array_equal(got, want)
+    assert "blocks.1.hook_mlp_out.hook_sae_output" not in ours._decoder_graph.output_names
