@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import bundle, hf_folder, log
+from benchmarks.common import bundle, hf_folder, interleaved_seconds
 from graphlens import HookedTransformer
 
 
@@ -54,13 +54,7 @@ def main() -> None:
         "run_with_cache(hook_mlp_in)": lambda: mlp_in.run_with_cache(tokens, names_filter=ends("hook_mlp_in")),
         "run_with_cache(hook_q_input)": lambda: split.run_with_cache(tokens, names_filter=ends("hook_q_input")),
     }
-    times: dict[str, list[float]] = {label: [] for label in rows}
-    for round_ in range(args.repeats + 2):  # two warm-up rounds
-        log(f"round {round_ + 1}/{args.repeats + 2}")
-        for label, fn in rows.items():
-            seconds = _seconds(fn)
-            if round_ >= 2:
-                times[label].append(seconds)
+    times = interleaved_seconds(rows, args.repeats)
     base = statistics.median(times["forward, exported graph"])
     print(f"\ngpt2-small shape, fp32, CPU, batch {args.batch} x {args.pos}, median of {args.repeats} interleaved rounds")
     print(f"{'':44s} {'ms':>10s}  ratio vs forward, exported graph")

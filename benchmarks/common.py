@@ -92,6 +92,20 @@ def tl_model(source: Path):
     return model.eval()
 
 
+def interleaved_seconds(rows: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Each row's run times over ``repeats`` rounds that run every row once, in turn (after ``warmup`` rounds),
+    so that machine noise hits every row alike."""
+    times: dict[str, list[float]] = {label: [] for label in rows}
+    for round_ in range(repeats + warmup):
+        log(f"round {round_ + 1}/{repeats + warmup}")
+        for label, fn in rows.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
 def median_ms(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()

@@ -82,13 +82,57 @@ def split_name(name: str) -> tuple[int | None, str]:
     return None, name
 
 
+# --- hooks an attached SAE, transcoder or probe adds under a site (``graphlens.saes``) ----------------
+# SAELens' HookedSAETransformer names, in the order its forward calls them
+SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
+             "hook_sae_output")
+# the width of each (the config's ``sae_dims`` holds it per site); output and error have the site's shape
+_SAE_WIDTH = {"hook_sae_input": "d_in", "hook_sae_acts_pre": "d_sae", "hook_sae_acts_post": "d_sae",
+              "hook_sae_recons": "d_out"}
+PROBE_INFIX = ".probe."
+SAE_DIMS = "sae_dims"  # config field: "<site>.d_in" / ".d_sae" / ".d_out", "<probe hook>.d_out" → size
+
+
+def attached_base(name: str) -> str | None:
+    """The site an SAE or probe hook hangs under (``blocks.0.hook_z.hook_sae_acts_post`` → ``blocks.0.hook_z``)."""
+    if PROBE_INFIX in name:
+        return name.split(PROBE_INFIX, 1)[0]
+    base, _, last = name.rpartition(".")
+    return base if last in SAE_HOOKS and base else None
+
+
+def sae_dim_label(site: str, width: str) -> str:
+    """The ``sae_dims`` key of one width of what is attached at ``site`` (``d_in``, ``d_sae``, ``d_out``)."""
+    return f"{site}.{width}"
+
+
+def _attached_kind(name: str, base: str) -> SiteKind:
+    layer, suffix = split_name(name)
+    if PROBE_INFIX in name:
+        dims: tuple = ("batch", "pos", sae_dim_label(name, "d_out"))
+    elif name.rpartition(".")[2] in _SAE_WIDTH:
+        dims = ("batch", "pos", sae_dim_label(base, _SAE_WIDTH[name.rpartition(".")[2]]))
+    else:
+        dims = kind_of(base).dims
+    return SiteKind(suffix, dims, per_layer=layer is not None)
+
+
 def kind_of(name: str) -> SiteKind:
+    base = attached_base(name)
+    if base is not None:
+        return _attached_kind(name, base)
     return KINDS[split_name(name)[1]]
+
+
+def _size(dim: str, cfg: dict) -> int:
+    if dim in cfg:
+        return int(cfg[dim])
+    return int((cfg.get(SAE_DIMS) or {})[dim])
 
 
 def concrete_shape(dims: Iterable[str | int], cfg: dict) -> list[str | int]:
     """Replace config dims by numbers; symbolic dims stay names (as in the ONNX graph)."""
-    return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else int(cfg[d]) for d in dims]
+    return [d if isinstance(d, int) or d in SYMBOLIC_DIMS else _size(d, cfg) for d in dims]
 
 
 def site_dims(name: str, cfg: dict) -> list[str | int]:
@@ -123,6 +167,10 @@ def forward_sorted(names: Iterable[str]) -> list[str]:
     order = {suffix: i for i, suffix in enumerate(KINDS)}
 
     def key(name: str) -> tuple:
+        base = attached_base(name)
+        if base is not None:  # right after its site: SAE hooks in SAELens' order, then probes
+            last = name.rpartition(".")[2]
+            return (*key(base), SAE_HOOKS.index(last) + 1 if PROBE_INFIX not in name else len(SAE_HOOKS) + 1, name)
         layer, suffix = split_name(name)
         if layer is not None:
             return (1, layer, order[suffix])

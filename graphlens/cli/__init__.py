@@ -10,6 +10,7 @@ import warnings
 
 import click
 
+from graphlens.cli.attach import attach
 from graphlens.cli.compare import compare
 from graphlens.cli.deploy import deploy
 from graphlens.cli.export import export
@@ -77,6 +78,7 @@ main.add_command(view)
 main.add_command(verify)
 main.add_command(quantize)
 main.add_command(compare)
+main.add_command(attach)
 
 if __name__ == "__main__":
     main()

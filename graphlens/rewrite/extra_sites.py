@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from graphlens.architectures.base import Architecture
 from graphlens.errors import UnsupportedArchitectureError
 from graphlens.rewrite.graph_ops import add_marker, add_node, int64_const, is_weight, only_consumer, rewire
-from graphlens.rewrite.instrument import instrument_sites, with_input_defaults
+from graphlens.rewrite.instrument import instrumented_model
 from graphlens.rewrite.split_inputs import split_attention_input
 
 _PASS_THROUGH = ("Identity", "Reshape")
@@ -131,12 +131,4 @@ def with_extra_sites(proto: onnx.ModelProto, cfg: dict, arch: Architecture) -> o
                 rewrite(graph, layer, cfg)
         if any(cfg.get(flag) for flag in SPLIT_FLAGS):
             split_attention_input(graph, layer, cfg, arch)
-    instrument_sites(graph, cfg, "all")
-    out = gs.export_onnx(graph)
-    # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again
-    kept = {i.name for i in out.graph.input}
-    out.graph.input.extend(i for i in proto.graph.input if i.name not in kept)
-    del out.opset_import[:]
-    out.opset_import.extend(proto.opset_import)
-    out.ir_version = proto.ir_version
-    return with_input_defaults(out)
+    return instrumented_model(graph, proto, cfg)

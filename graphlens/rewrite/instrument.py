@@ -96,3 +96,17 @@ def with_input_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros([1] * rank, dtype=dtype), inp.name))
     return model
+
+
+def instrumented_model(graph: gs.Graph, like: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
+    """A rewrite of ``like`` (``graph``, its markers not yet instrumented) as a model: the markers made hooks
+    (every one with substitution inputs), ``like``'s opsets, IR version and inputs, the inputs' defaults."""
+    instrument_sites(graph, cfg, "all")
+    out = gs.export_onnx(graph)
+    # graphsurgeon imports an input that has an initializer as a constant: declare those inputs again
+    declared = {i.name for i in out.graph.input}
+    out.graph.input.extend(i for i in like.graph.input if i.name not in declared)
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    out.ir_version = like.ir_version
+    return with_input_defaults(out)

@@ -25,6 +25,7 @@ LOGITS = "logits"  # the graph output every bundle has (beside its hooks)
 
 # Initializers at least this large are shared between sessions instead of copied into each.
 _SHARED_MIN_BYTES = 1024
+_SHARED = "graphlens-shared"  # the external-data location that marks a weight held by BundleGraph
 
 
 class BundleGraph:
@@ -40,26 +41,8 @@ class BundleGraph:
         self.device = device
         self.weights: dict[str, np.ndarray] = {}
         self.weight_sources: dict[str, Source] = {}  # external initializers: where their bytes are on disk
-        for init in proto.graph.initializer:
-            source = external_source(init)
-            if source is not None:
-                if mapped is None:
-                    raise BundleError(f"initializer {init.name!r} is in {source[0]}, and no bundle folder was given to read it")
-                self.weights[init.name], self.weight_sources[init.name] = mapped.array(init), source
-            elif init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
-                self.weights[init.name] = numpy_helper.to_array(init)
-            else:
-                continue
-            init.ClearField("raw_data")
-            del init.external_data[:]
-            for key, value in (("location", "graphlens-shared"), ("offset", "0"), ("length", "0")):
-                entry = init.external_data.add()
-                entry.key, entry.value = key, value
-            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                init.ClearField(field)
-            init.data_location = onnx.TensorProto.EXTERNAL
-        if has_bfloat16(proto):  # no bfloat16 kernels on the CPU, no bfloat16 in numpy: computed in float32
-            widen_bfloat16(proto, self.weights)
+        self._ort_weights: dict[str, ort.OrtValue] = {}
+        self.share_weights(proto, mapped)
         self.proto = proto
         # inputs of the model's own with a default (attention_mask, position_ids): fed or not, per run
         inits = {i.name: i for i in proto.graph.initializer}
@@ -68,7 +51,6 @@ class BundleGraph:
             for i in proto.graph.input
             if i.name in inits and not is_substitution_input(i.name)
         }
-        self._ort_weights = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in self.weights.items()}
         self.output_names = [o.name for o in proto.graph.output]
         self.input_names = {i.name for i in proto.graph.input}
         self._sessions: OrderedDict[tuple, object] = OrderedDict()
@@ -76,6 +58,36 @@ class BundleGraph:
         self._max_sessions = max_sessions
         self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
         self.split: DeviceSplit | None = None  # blocks across devices (n_devices > 1): every run is cut there
+
+    def share_weights(self, proto: onnx.ModelProto, mapped: MappedWeights | None = None) -> None:
+        """Move ``proto``'s weights (in place) into the arrays every session shares: initializers stored in
+        the bundle's data file as views of ``mapped``, large inline ones (e.g. an attached SAE's) as
+        copies; each is then held once, not once per session. bfloat16 weights are widened (see
+        ``devices.bfloat16``)."""
+        added: dict[str, np.ndarray] = {}
+        for init in proto.graph.initializer:
+            source = external_source(init)
+            if source is not None and source[0] == _SHARED:
+                continue  # shared already
+            if source is not None:
+                if mapped is None:
+                    raise BundleError(f"initializer {init.name!r} is in {source[0]}, and no bundle folder was given to read it")
+                added[init.name], self.weight_sources[init.name] = mapped.array(init), source
+            elif init.data_type != onnx.TensorProto.STRING and _nbytes(init) >= _SHARED_MIN_BYTES:
+                added[init.name] = numpy_helper.to_array(init)
+            else:
+                continue
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(field)
+            del init.external_data[:]
+            for key, value in (("location", _SHARED), ("offset", "0"), ("length", "0")):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+            init.data_location = onnx.TensorProto.EXTERNAL
+        if has_bfloat16(proto):  # no bfloat16 kernels on the CPU, no bfloat16 in numpy: computed in float32
+            widen_bfloat16(proto, added)
+        self.weights.update(added)
+        self._ort_weights.update((name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in added.items())
 
     def session(self, outputs: Iterable[str], fed: Mapping[str, Iterable[str]] | None = None) -> ort.InferenceSession:
         outputs = tuple(sorted(set(outputs)))
@@ -97,7 +109,8 @@ class BundleGraph:
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = arena
-        names = [i.name for i in model.graph.initializer if i.name in self._ort_weights]
+        names = [i.name for i in model.graph.initializer
+                 if i.name in self._ort_weights and i.data_location == onnx.TensorProto.EXTERNAL]
         options.add_external_initializers(names, [self._ort_weights[n] for n in names])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device or self.device),
                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))

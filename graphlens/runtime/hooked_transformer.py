@@ -16,6 +16,7 @@ from graphlens.bundle_check import load_graph, read_external_weights
 from graphlens.components import ModulesMixin
 from graphlens.facade.kv_forward import KVForwardMixin
 from graphlens.facade.switches import SwitchesMixin
+from graphlens.saes.facade import SAEsMixin
 from graphlens.facade.tl_api import TLFacadeMixin
 from graphlens.devices import DeviceSplit
 from graphlens.dtypes import dtype_name
@@ -66,7 +67,7 @@ def lm_cross_entropy_loss(
     return np.asarray(-predicted.mean(), dtype=logits.dtype)
 
 
-class HookedTransformer(ModulesMixin, TLFacadeMixin, SwitchesMixin, KVForwardMixin, WeightsMixin, HooksMixin,
+class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, KVForwardMixin, WeightsMixin, HooksMixin,
                         GenerationMixin, EmbeddingsMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
