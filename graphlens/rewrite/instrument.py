@@ -31,6 +31,32 @@ def _replace_uses(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip: set
                 consumer.inputs[i] = new
 
 
+def _ancestors(tensor: gs.Variable) -> set[int]:
+    """ids of the nodes ``tensor`` depends on."""
+    seen: set[int] = set()
+    stack = list(tensor.inputs)
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(p for t in node.inputs for p in t.inputs)
+    return seen
+
+
+def _cover_flat_view(graph: gs.Graph, x: gs.Variable, hooked: gs.Variable) -> None:
+    """A site marked on a view (``flat → Reshape → site → Reshape → flat'``, how a [batch*pos, …] tensor is
+    marked as [batch, pos, …]) covers every use of the viewed tensor: its other consumers (OPT's residual
+    skip beside ``hook_resid_mid``'s norm) read ``flat'``, so a patch reaches them too."""
+    view = x.inputs[0] if x.inputs else None
+    back = [n for n in hooked.outputs if n.op == "Reshape"]
+    if view is None or view.op != "Reshape" or len(back) != 1:
+        return
+    flat, unflat = view.inputs[0], back[0].outputs[0]
+    if flat.shape is not None and unflat.shape is not None and len(flat.shape) != len(unflat.shape):
+        return
+    _replace_uses(graph, flat, unflat, skip=_ancestors(unflat))
+
+
 def _input(name: str, dtype, rank: int) -> gs.Variable:
     # every dim symbolic and unique: defaults are [1]*rank and any broadcastable array may be fed
     return gs.Variable(name, dtype=dtype, shape=[f"{name}_d{i}" for i in range(rank)])
@@ -74,6 +100,7 @@ def instrument_sites(graph: gs.Graph, cfg: dict, patch_sites: str = "all") -> li
             graph.nodes.append(where)
         _replace_uses(graph, x, hooked, skip={id(node), id(where)})
         _replace_uses(graph, y, hooked, skip=set())
+        _cover_flat_view(graph, x, hooked)
         node.outputs.clear()
         node.inputs.clear()
         if y in graph.outputs:  # e.g. logits marked as unembed.hook_out: keep the output's own name
