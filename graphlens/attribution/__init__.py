@@ -2,5 +2,6 @@
 
 from graphlens.attribution.gradients import run_with_grads
 from graphlens.attribution.metrics import log_prob_grad, logit_diff_grad, loss_grad
+from graphlens.attribution.patch import attr_patch
 
-__all__ = ["log_prob_grad", "logit_diff_grad", "loss_grad", "run_with_grads"]
+__all__ = ["attr_patch", "log_prob_grad", "logit_diff_grad", "loss_grad", "run_with_grads"]

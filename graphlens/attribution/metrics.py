@@ -17,8 +17,11 @@ from graphlens.errors import InputError
 
 
 def _rows(value, batch: int, what: str) -> np.ndarray:
-    array = np.broadcast_to(np.asarray(value, dtype=np.int64), (batch,))
-    return array
+    """One token id per batch row (a single id is used for every row)."""
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=np.int64), (batch,))
+    except ValueError:
+        raise InputError(f"{what} must be one token id or one per batch row ({batch})") from None
 
 
 def _check_ids(ids: np.ndarray, d_vocab: int, what: str) -> None:
