@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from graphlens.sites import split_name
-from graphlens.errors import InputError, InputTypeError, NotSupportedError
+from graphlens.errors import InputError, InputTypeError
 
 # fn(activation: np.ndarray, hook: HookPoint) -> np.ndarray | None
 HookFunction = Callable
@@ -21,24 +21,24 @@ class LensHandle:
     context_level: int | None = None
 
 
-def _no_backward(dir: str) -> None:
-    if dir not in ("fwd", "bwd", "both"):
-        raise InputError(f"Invalid direction {dir!r}: use 'fwd' (graphlens has no backward pass)")
-    if dir == "bwd":
-        raise NotSupportedError("graphlens runs inference only: backward hooks (dir='bwd') are not available")
+def _check_dir(dir: str, both: bool = False) -> None:
+    allowed = ("fwd", "bwd", "both") if both else ("fwd", "bwd")
+    if dir not in allowed:
+        raise InputError(f"Invalid direction {dir!r}: use {' or '.join(repr(d) for d in allowed)}")
 
 
 class HookPoint:
     """A hook site. ``model.hook_dict[name]`` holds one per hook of the bundle.
 
     Forward hooks live in ``fwd_hooks`` and run in order on the site's activation (a writable numpy
-    array); ``ctx`` is a dict hooks may use to keep state, as in TransformerLens.
+    array); backward hooks (``bwd_hooks``) are called with the gradient at the site when a run computes
+    gradients (``graphlens.attribution``); ``ctx`` is a dict hooks may use to keep state, as in TransformerLens.
     """
 
     def __init__(self, name: str):
         self.name = name
         self.fwd_hooks: list[LensHandle] = []
-        self.bwd_hooks: list[LensHandle] = []  # always empty: there is no backward pass
+        self.bwd_hooks: list[LensHandle] = []
         self.ctx: dict = {}
 
     def add_hook(
@@ -49,15 +49,17 @@ class HookPoint:
         level: int | None = None,
         prepend: bool = False,
     ) -> None:
-        """Add ``hook`` (called as ``hook(activation, hook=self)``); ``prepend`` puts it first."""
-        _no_backward(dir)
+        """Add ``hook`` (called as ``hook(activation, hook=self)``, or ``hook(gradient, hook=self)`` for
+        ``dir="bwd"``); ``prepend`` puts it first."""
+        _check_dir(dir)
         if not callable(hook):
             raise InputTypeError(f"a hook must be callable, got {type(hook).__name__} (for {self.name})")
         handle = LensHandle(hook, is_permanent, level)
+        handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
         if prepend:
-            self.fwd_hooks.insert(0, handle)
+            handles.insert(0, handle)
         else:
-            self.fwd_hooks.append(handle)
+            handles.append(handle)
 
     def add_perma_hook(self, hook: HookFunction, dir: Literal["fwd", "bwd"] = "fwd") -> None:
         self.add_hook(hook, dir=dir, is_permanent=True)
@@ -66,22 +68,25 @@ class HookPoint:
         self, dir: Literal["fwd", "bwd", "both"] = "fwd", including_permanent: bool = False, level: int | None = None
     ) -> None:
         """Remove temporary hooks (of ``level`` only, when given); permanent ones too if asked."""
-        if dir not in ("fwd", "bwd", "both"):
-            raise InputError(f"Invalid direction {dir!r}")
-        self.fwd_hooks = [
-            h
-            for h in self.fwd_hooks
-            if not including_permanent and (h.is_permanent or (level is not None and h.context_level != level))
-        ]
+        _check_dir(dir, both=True)
+
+        def kept(handles: list[LensHandle]) -> list[LensHandle]:
+            return [h for h in handles
+                    if not including_permanent and (h.is_permanent or (level is not None and h.context_level != level))]
+
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = kept(self.fwd_hooks)
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = kept(self.bwd_hooks)
 
     def has_hooks(
         self, dir: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = True, level: int | None = None
     ) -> bool:
-        if dir == "bwd":
-            return False
+        _check_dir(dir, both=True)
+        handles = {"fwd": self.fwd_hooks, "bwd": self.bwd_hooks, "both": self.fwd_hooks + self.bwd_hooks}[dir]
         return any(
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level)
-            for h in self.fwd_hooks
+            for h in handles
         )
 
     def clear_context(self) -> None:
@@ -95,4 +100,5 @@ class HookPoint:
         return layer
 
     def __repr__(self) -> str:
-        return f"HookPoint({self.name!r}, {len(self.fwd_hooks)} fwd)" if self.fwd_hooks else f"HookPoint({self.name!r})"
+        counts = ", ".join(f"{len(h)} {d}" for d, h in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks)) if h)
+        return f"HookPoint({self.name!r}, {counts})" if counts else f"HookPoint({self.name!r})"

@@ -11,6 +11,8 @@ import onnx
 from jaxtyping import Float, Int
 
 from graphlens.architectures import architecture_named
+from graphlens.attribution.mixin import GradientsMixin
+from graphlens.grad import GRAD_SUFFIX, grad_name
 from graphlens.bundle import BundleError, read_manifest, verify_bundle
 from graphlens.bundle_check import load_graph, read_external_weights
 from graphlens.components import ModulesMixin
@@ -67,8 +69,8 @@ def lm_cross_entropy_loss(
     return np.asarray(-predicted.mean(), dtype=logits.dtype)
 
 
-class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, KVForwardMixin, WeightsMixin, HooksMixin,
-                        GenerationMixin, EmbeddingsMixin):
+class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, KVForwardMixin, WeightsMixin,
+                        GradientsMixin, HooksMixin, GenerationMixin, EmbeddingsMixin):
     """A bundle loaded for analysis: ``model(tokens)``, ``run_with_cache``, tokenizer helpers, ``cfg``."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | None = None, processing: Processing | None = None):
@@ -340,6 +342,18 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
         tokens = check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx)
         hooked = self.hooked_sites() if hooked is None else list(hooked)
         outputs = self._checked_outputs(outputs, allow_empty=bool(hooked))
+        feeds, fed = self.checked_feeds(tokens, feeds)
+        if attention_mask is not None:
+            attention_mask = check_attention_mask(attention_mask, tokens)
+        feeds = {**self.model_feeds(tokens, attention_mask, position_ids), **feeds}
+        if not hooked and not given and set(outputs) <= set(self.graph.output_names):
+            return self.graph.run(outputs, feeds, fed)
+        return run_partitioned(self.graph, hooked, outputs, feeds, self.call_hooks, given, fed)
+
+    def checked_feeds(
+        self, tokens: Int[np.ndarray, "batch pos"], feeds: dict[str, np.ndarray] | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, set[str]]]:
+        """Substitution ``feeds`` checked against ``tokens`` and the bundle, and the kinds fed per site."""
         if feeds is not None and not isinstance(feeds, dict):
             raise InputTypeError(f"feeds must be a dict of input name → array, not {type(feeds).__name__}")
         feeds = dict(feeds or {})
@@ -349,12 +363,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
             fed.setdefault(hook, set()).add("add" if name.endswith(".add") else "patch")
             if "patch" in fed[hook] and not {f"{hook}.patch", f"{hook}.patch_mask"} <= set(feeds):
                 raise InputError(f"feed both {hook}.patch and {hook}.patch_mask (True where the patch applies)")
-        if attention_mask is not None:
-            attention_mask = check_attention_mask(attention_mask, tokens)
-        feeds = {**self.model_feeds(tokens, attention_mask, position_ids), **feeds}
-        if not hooked and not given and set(outputs) <= set(self.graph.output_names):
-            return self.graph.run(outputs, feeds, fed)
-        return run_partitioned(self.graph, hooked, outputs, feeds, self.call_hooks, given, fed)
+        return feeds, fed
 
     def _checked_outputs(self, outputs, allow_empty: bool) -> list[str]:
         """``run_graph``'s ``outputs``: hook names, graph outputs ("logits") or other tensors of the graph;
@@ -386,6 +395,7 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
         attention_mask: np.ndarray | None = None,
         stop_at_layer: int | None = None,
         past_kv_cache=None,
+        logits_grad: np.ndarray | None = None,
     ):
         """Logits ``[batch, pos, d_vocab_out]``, loss, both, or None, as TransformerLens' ``forward``.
 
@@ -393,9 +403,14 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
         (``tokens`` only for the loss). ``stop_at_layer=L``: returns the residual stream before block L.
         Only the layers in between are computed. Active hooks run. ``past_kv_cache``: a
         ``graphlens.KeyValueCache``; only the new tokens run (see ``graphlens.facade.kv_forward``).
+        Active backward hooks are called with the gradients of the loss (``return_type="loss"``) or of
+        ``sum(logits * logits_grad)`` (graphlens only; see ``graphlens.attribution``).
         """
         if shortformer_pos_embed is not None:
             raise NotSupportedError("shortformer_pos_embed: graphlens has no shortformer models")
+        if logits_grad is not None or self.bwd_hooked_sites():
+            return self._grad_run(input, [], return_type, loss_per_token, logits_grad, prepend_bos, padding_side,
+                                  attention_mask, start_at_layer, stop_at_layer, past_kv_cache, tokens)[0]
         if past_kv_cache is not None:
             step = self._kv_step(input, past_kv_cache, [], prepend_bos, padding_side, attention_mask,
                                  start_at_layer, stop_at_layer, tokens)
@@ -448,18 +463,26 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
         stop_at_layer: int | None = None,
         past_kv_cache=None,
         attention_mask: np.ndarray | None = None,
+        logits_grad: np.ndarray | None = None,
     ):
         """``(output, cache)`` from a single run that also returns every hook ``names_filter`` selects.
 
         Active hooks run first: the cache holds the values after them. With ``stop_at_layer`` the
         output is the residual stream there; the cache holds the sites the bounded run computes.
-        With ``past_kv_cache`` the cache holds the new positions.
+        With ``past_kv_cache`` the cache holds the new positions. ``incl_bwd=True``: the cache also
+        holds ``<hook>_grad``, the gradient of the mean loss (``return_type="loss"``) or of
+        ``sum(logits * logits_grad)``, summed over all uses of the hook (see ``graphlens.attribution``).
         """
-        if incl_bwd:
-            raise NotSupportedError("graphlens runs inference only: incl_bwd (gradients) is not available")
         names = [n for n in self.hook_names_matching(names_filter)
                  if site_runs(n, self.cfg.n_layers, start_at_layer, stop_at_layer)]
         outputs = names + ([LOGITS] if return_type is not None and stop_at_layer is None else [])
+        if incl_bwd or logits_grad is not None or self.bwd_hooked_sites():
+            output, results = self._grad_run(input, names, return_type, loss_per_token, logits_grad, prepend_bos,
+                                             padding_side, attention_mask, start_at_layer, stop_at_layer,
+                                             past_kv_cache, tokens)
+            names = names + [grad_name(n) for n in names] if incl_bwd else names
+            return self._cache_result(output, {name: results[name] for name in names}, pos_slice, remove_batch_dim,
+                                      return_cache_object)
         if past_kv_cache is not None:
             step = run = self._kv_step(input, past_kv_cache, self._decoder_hook_names(names), prepend_bos, padding_side,
                                        attention_mask, start_at_layer, stop_at_layer, tokens)
@@ -471,13 +494,17 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
             results, tokens = run.results, run.tokens
         if reset_hooks_end and clear_contexts:  # as TransformerLens' caching-hooks context on exit
             self.clear_contexts()
-        cache_dict = {name: results[name] for name in names}
+        output = run.residual if stop_at_layer is not None else self._format_output(
+            results.get(LOGITS), tokens, return_type, loss_per_token, run.attention_mask)
+        return self._cache_result(output, {name: results[name] for name in names}, pos_slice, remove_batch_dim,
+                                  return_cache_object)
+
+    def _cache_result(self, output, cache_dict: dict[str, np.ndarray], pos_slice, remove_batch_dim: bool,
+                      return_cache_object: bool):
         if pos_slice is not None:
             cache_dict = {n: _slice_positions(n, v, Slice.unwrap(pos_slice)) for n, v in cache_dict.items()}
         if remove_batch_dim:
             cache_dict = {n: v[0] for n, v in cache_dict.items()}
-        output = run.residual if stop_at_layer is not None else self._format_output(
-            results.get(LOGITS), tokens, return_type, loss_per_token, run.attention_mask)
         if not return_cache_object:
             return output, cache_dict
         return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
@@ -488,5 +515,6 @@ class HookedTransformer(ModulesMixin, TLFacadeMixin, SAEsMixin, SwitchesMixin, K
 
 def _slice_positions(name: str, value: np.ndarray, pos_slice: Slice) -> np.ndarray:
     # the position axis: third from last for per-head vectors, second from last otherwise (as TransformerLens)
+    name = name.removesuffix(GRAD_SUFFIX)
     pos_dim = -3 if name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k")) else -2
     return pos_slice.apply(value, dim=pos_dim) if value.ndim >= -pos_dim else value

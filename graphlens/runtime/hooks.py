@@ -17,7 +17,7 @@ import numpy as np
 from graphlens.runtime.hook_points import HookFunction, HookPoint
 from graphlens.runtime.inputs import as_numpy
 from graphlens.sites import UnknownHookError, split_name
-from graphlens.errors import HookResultError, InputError, InputTypeError, NotSupportedError
+from graphlens.errors import HookResultError, InputError, InputTypeError
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 HookList = Sequence[tuple[NameOrFilter, HookFunction]]
@@ -82,7 +82,7 @@ class HooksMixin:
     def remove_hook(self, name: NameOrFilter, including_permanent: bool = False) -> None:
         """Remove the hooks of one site (or of the sites a filter accepts). Not in TransformerLens."""
         for point in self._points_for(name):
-            point.remove_hooks("fwd", including_permanent=including_permanent)
+            point.remove_hooks("both", including_permanent=including_permanent)
 
     def remove_all_hook_fns(
         self, direction: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False, level: int | None = None
@@ -115,13 +115,12 @@ class HooksMixin:
         clear_contexts: bool = False,
     ) -> Iterator["HooksMixin"]:
         """Hooks active inside the ``with`` block, removed at its end (unless ``reset_hooks_end=False``)."""
-        if bwd_hooks:
-            raise NotSupportedError("graphlens runs inference only: bwd_hooks (gradients) are not available")
         self.context_level += 1
         try:
-            for name, hook in fwd_hooks:
-                for point in self._points_for(name):
-                    point.add_hook(hook, dir="fwd", level=self.context_level)
+            for direction, hook_list in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+                for name, hook in hook_list:
+                    for point in self._points_for(name):
+                        point.add_hook(hook, dir=direction, level=self.context_level)
             yield self
         finally:
             if reset_hooks_end:
@@ -137,7 +136,10 @@ class HooksMixin:
         clear_contexts: bool = False,
         **model_kwargs,
     ):
-        """``forward(*model_args, **model_kwargs)`` with ``fwd_hooks`` (``[(name or filter, fn), ...]``) added."""
+        """``forward(*model_args, **model_kwargs)`` with ``fwd_hooks`` (``[(name or filter, fn), ...]``) added.
+
+        ``bwd_hooks`` are called with the gradients of the metric the forward names (``return_type="loss"``
+        or ``logits_grad=C``), last site first (see ``graphlens.attribution.mixin``)."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts) as model:
             return model.forward(*model_args, **model_kwargs)
 
