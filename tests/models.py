@@ -42,6 +42,18 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
                 param.add_(0.2 * torch.randn(param.shape, generator=gen))
 
 
+class Lazy(dict):
+    """key → value made by ``make(key)`` the first time a test asks for it (one export per family used)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
+
+
 def make_gpt2(folder: Path, seed: int = 0, tokenizer: bool = True, **config) -> Path:
     """Save a random GPT-2 (``GPT2Config(**config)``) and a matching tokenizer to ``folder``."""
     torch.manual_seed(seed)
@@ -113,6 +125,8 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
         cfg = _tl_gemma2_config(hf.config)
     else:
         cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
+    if hf.config.architectures == ["Qwen2ForCausalLM"] and hf.config.use_sliding_window:
+        _window_qwen2(cfg, hf.config)
     cfg.tokenizer_name = None  # set below from the folder (TL would try the hub otherwise)
     model = HookedTransformer(cfg)
     model.load_and_process_state_dict(
@@ -124,6 +138,14 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
     if (Path(folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
     return model.eval()
+
+
+def _window_qwen2(cfg, c) -> None:
+    """TL 3.9 ignores Qwen2's ``use_sliding_window`` (every layer global); HF windows the layers from
+    ``max_window_layers`` on. The reference gets HF's windows through TL's own local attention, so that
+    every hook is still compared (tests.test_architectures checks the logits against HF's as well)."""
+    cfg.use_local_attn, cfg.window_size = True, c.sliding_window
+    cfg.attn_types = ["local" if t == "sliding_attention" else "global" for t in c.layer_types]
 
 
 def _tl_gemma_config(c):

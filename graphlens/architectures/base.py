@@ -77,6 +77,9 @@ class Architecture:
     # tokens [batch*pos, …] (OPT's MLP): their sites are viewed back as [batch, pos, …]
     flat_tokens_in: str | None = None
     extra: dict = field(default_factory=dict)
+    # variants of one HF class with different sites (sequential GPT-NeoX has hook_resid_mid): the first
+    # registered adapter whose ``accepts(hf_config)`` holds is used; None accepts every config
+    accepts: Callable[[dict], bool] | None = None
 
     def site_suffixes(self) -> list[str]:
         """Every hook suffix this architecture has, in TransformerLens' forward order."""

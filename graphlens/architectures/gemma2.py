@@ -13,11 +13,11 @@ import dataclasses
 from graphlens.architectures import gemma
 from graphlens.architectures.base import Mark, Norm
 from graphlens.architectures.llama import base_config, llama_like
+from graphlens.architectures.windows import local_attention
 
 _LAYER = "model.layers.{layer}"
 _NORMS = (("ln1", "input_layernorm"), ("ln1_post", "post_attention_layernorm"),
           ("ln2", "pre_feedforward_layernorm"), ("ln2_post", "post_feedforward_layernorm"))
-_ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 
 
 def _softcap(value) -> float:
@@ -36,9 +36,7 @@ def config_from_hf(hf: dict) -> dict:
         attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
         attn_scores_soft_cap=_softcap(hf.get("attn_logit_softcapping")),
         output_logits_soft_cap=_softcap(hf.get("final_logit_softcapping")),
-        use_local_attn=window is not None,
-        window_size=window,
-        attn_types=[_ATTN_TYPES[t] for t in layer_types] if window is not None else None,
+        **local_attention(window, layer_types, n_layers),
     )
 
 
