@@ -123,6 +123,8 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
         cfg = _tl_gemma_config(hf.config)
     elif hf.config.architectures == ["Gemma2ForCausalLM"]:
         cfg = _tl_gemma2_config(hf.config)
+    elif hf.config.architectures == ["PhiForCausalLM"]:
+        cfg = _tl_phi_config(folder, processing)
     else:
         cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
     if hf.config.architectures == ["Qwen2ForCausalLM"] and hf.config.use_sliding_window:
@@ -138,6 +140,19 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
     if (Path(folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
     return model.eval()
+
+
+def _tl_phi_config(folder: str, processing: bool):
+    """TL 3.9's own Phi config, which reads ``hf_config.partial_rotary_factor``: transformers 5 keeps it in
+    ``rope_parameters``, so the attribute is lent back while TL reads the config."""
+    from unittest import mock
+
+    from transformers import PhiConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    factor = property(lambda c: c.rope_parameters["partial_rotary_factor"])
+    with mock.patch.object(PhiConfig, "partial_rotary_factor", factor, create=True):
+        return get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
 
 
 def _window_qwen2(cfg, c) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
-                          Qwen2Config)
+                          Phi3Config, PhiConfig, Qwen2Config, Qwen3Config)
 
 from graphlens import HookedTransformer, patching
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -42,6 +42,9 @@ FAMILIES = {
     # layer 1 local (from max_window_layers on); TL 3.9 ignores the window: the reference gets it set
     # (tests.models.tl_reference_from_folder) and test_qwen2_window_is_real checks HF's logits
     "qwen2-window": Qwen2Config(**_GQA, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "qwen3": Qwen3Config(**_GQA, head_dim=16),  # per-head q/k RMS norms
+    "phi": PhiConfig(**_SHAPE, intermediate_size=128, partial_rotary_factor=0.5),
+    "phi3": Phi3Config(**_GQA, sliding_window=5),  # fused qkv_proj and gate_up_proj, every layer local
     "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
     "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
     # layer 0 local (window 4 < the 11 test positions), layer 1 global; caps small enough to bend this
@@ -82,6 +85,11 @@ def _tokens(seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 300, size=(3, 11))
 
 
+def as_graphlens_shape(ref: torch.Tensor, name: str, shape: tuple) -> torch.Tensor:
+    """TL's per-head q/k norms (Qwen3) run on [batch*pos*heads, …]; graphlens keeps [batch, pos, heads, …]."""
+    return ref.reshape(shape) if ".attn.q_norm." in name or ".attn.k_norm." in name else ref
+
+
 def _compare_all(ours: HookedTransformer, ref, tokens: np.ndarray) -> None:
     with torch.no_grad():
         ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
@@ -89,7 +97,7 @@ def _compare_all(ours: HookedTransformer, ref, tokens: np.ndarray) -> None:
     logits, cache = ours.run_with_cache(tokens)
     assert list(cache.keys()) == list(ref_cache.keys())  # same names, TransformerLens' forward order
     for name in ref_cache.keys():
-        assert_close(cache[name], ref_cache[name], name)
+        assert_close(cache[name], as_graphlens_shape(ref_cache[name], name, cache[name].shape), name)
     assert_close(logits, ref_logits, "logits")
     assert_close(ours(tokens, return_type="loss"), ref_loss, "loss")
 
@@ -170,9 +178,12 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
 
 @pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("neox-seq", "hook_resid_mid"),
                                          ("qwen2-window", "attn.hook_rot_k"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
-                                         ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
+                                         ("mistral", "mlp.hook_pre_linear"),
+                                         ("qwen3", "attn.k_norm.hook_normalized"), ("gm", "ln2.hook_normalized"),
                                          ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
+                                         ("phi", "ln2.hook_scale"),  # Phi: as GPT-J
+                                         ("phi3", "attn.hook_k"), ("phi3", "mlp.hook_pre"),  # slices of fused outputs
                                          ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
@@ -185,8 +196,9 @@ def test_patching_family_sites_equals_transformer_lens(family_bundles, family_di
     mask[:, 3:7] = True
     logits = ours.run_graph(tokens, ["logits"], {f"{name}.patch": patch, f"{name}.patch_mask": mask})["logits"]
 
-    def replace(activation, hook):
-        return torch.where(torch.tensor(mask), torch.tensor(patch), activation)
+    def replace(activation, hook):  # in graphlens' shape (TL flattens Qwen3's q/k norms)
+        return torch.where(torch.tensor(mask), torch.tensor(patch), activation.reshape(patch.shape)).reshape(
+            activation.shape)
 
     with torch.no_grad():
         ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(name, replace)])
@@ -240,7 +252,7 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
+    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3",
               "gemma": "gm", "gemma2": "gm2", "opt": "opt"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")

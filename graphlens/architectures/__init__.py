@@ -11,10 +11,13 @@ from graphlens.architectures.llama import LLAMA
 from graphlens.architectures.mistral import MISTRAL
 from graphlens.architectures.neox import GPT_NEOX, GPT_NEOX_SEQUENTIAL
 from graphlens.architectures.opt import OPT
+from graphlens.architectures.phi import PHI
+from graphlens.architectures.phi3 import PHI3
 from graphlens.architectures.qwen2 import QWEN2
+from graphlens.architectures.qwen3 import QWEN3
 from graphlens.errors import UnsupportedArchitectureError
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPT_NEOX_SEQUENTIAL, GPTJ, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA2, OPT)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPT_NEOX_SEQUENTIAL, GPTJ, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, OPT, PHI, PHI3)}
 
 
 def supported_hf_architectures() -> list[str]:

@@ -31,6 +31,9 @@ class Mark:
     heads: str | None = None  # config field ("n_heads"): the site is the output viewed as [..., heads, d_head]
     # fused projections: the output viewed as [..., heads, count, d_head]; the site is slice ``index`` of ``count``
     part: tuple[int, int] | None = None
+    # fused projections laid out block after block (Phi-3's qkv_proj, gate_up_proj): the site is the
+    # output's last-axis slice [start, stop), ``span(cfg)`` (then viewed per head when ``heads`` is set)
+    span: Callable[[dict], tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)

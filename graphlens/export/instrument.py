@@ -152,10 +152,21 @@ def _mark_part(x: torch.Tensor, name: str, heads: int, part: tuple[int, int]) ->
     return torch.stack(pieces, dim=-2).reshape(x.shape)
 
 
-def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None, tokens: TokenShape | None = None):
+def _mark_span(x: torch.Tensor, name: str, heads: int | None, span: tuple[int, int]) -> torch.Tensor:
+    """Mark the last-axis slice ``span`` of ``x`` (viewed as [..., heads, d_head] when ``heads``)."""
+    start, stop = span
+    piece = x[..., start:stop]
+    marked = site(piece.reshape(*piece.shape[:-1], heads, -1), name).reshape(piece.shape) if heads else site(piece, name)
+    return torch.cat([x[..., :start], marked, x[..., stop:]], dim=-1)
+
+
+def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None, tokens: TokenShape | None = None,
+                 span: tuple[int, int] | None = None):
     def hook(module, args, output):
         first = output[0] if isinstance(output, tuple) else output
-        if part:
+        if span:
+            marked = _mark_span(first, name, heads, span)
+        elif part:
             marked = _mark_part(first, name, heads, part)
         elif heads:
             shape = first.shape
@@ -246,7 +257,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
                 module.register_forward_pre_hook(_mark_input(name, tokens), with_kwargs=True)
             else:
                 heads = cfg[mark.heads] if mark.heads else None
-                module.register_forward_hook(_mark_output(name, heads, mark.part, tokens))
+                span = mark.span(cfg) if mark.span else None
+                module.register_forward_hook(_mark_output(name, heads, mark.part, tokens, span))
     for layer in range(n_layers):
         attn = model.get_submodule(arch.attention.module.format(layer=layer))
         attn._graphlens_prefix = f"blocks.{layer}"
