@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
+from transformers import (ApertusConfig, BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OlmoConfig, OPTConfig,
                           Phi3Config, PhiConfig, Qwen2Config, Qwen3Config)
 
 from graphlens import HookedTransformer, patching
@@ -45,6 +45,13 @@ FAMILIES = {
     "qwen3": Qwen3Config(**_GQA, head_dim=16),  # per-head q/k RMS norms
     "phi": PhiConfig(**_SHAPE, intermediate_size=128, partial_rotary_factor=0.5),
     "phi3": Phi3Config(**_GQA, sliding_window=5),  # fused qkv_proj and gate_up_proj, every layer local
+    # layer 0 local (window 4), layer 1 global, each with its rotary base; per-head q/k norms (1 + w)
+    "gm3": Gemma3TextConfig(**_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+                            layer_types=["sliding_attention", "full_attention"],
+                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}),
+    "olmo": OlmoConfig(**dict(_GQA, num_key_value_heads=4)),  # LayerNorms without parameters
+    "apertus": ApertusConfig(**_GQA),  # per-head q/k norms, xIELU MLP
     "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
     "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
     # layer 0 local (window 4 < the 11 test positions), layer 1 global; caps small enough to bend this
@@ -181,6 +188,7 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
                                          ("mistral", "mlp.hook_pre_linear"),
                                          ("qwen3", "attn.k_norm.hook_normalized"), ("gm", "ln2.hook_normalized"),
                                          ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
+                                         ("gm3", "attn.q_norm.hook_normalized"),
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
                                          ("phi", "ln2.hook_scale"),  # Phi: as GPT-J
                                          ("phi3", "attn.hook_k"), ("phi3", "mlp.hook_pre"),  # slices of fused outputs
@@ -252,8 +260,8 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3",
-              "gemma": "gm", "gemma2": "gm2", "opt": "opt"}.get(name)
+    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3", "apertus": "apertus", "olmo": "olmo",
+              "gemma": "gm", "gemma2": "gm2", "gemma3": "gm3", "opt": "opt"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]

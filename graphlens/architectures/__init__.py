@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from graphlens.architectures.apertus import APERTUS
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
 from graphlens.architectures.gemma import GEMMA
 from graphlens.architectures.gemma2 import GEMMA2
+from graphlens.architectures.gemma3 import GEMMA3
 from graphlens.architectures.gpt2 import GPT2
 from graphlens.architectures.gptj import GPTJ
 from graphlens.architectures.llama import LLAMA
 from graphlens.architectures.mistral import MISTRAL
 from graphlens.architectures.neox import GPT_NEOX, GPT_NEOX_SEQUENTIAL
+from graphlens.architectures.olmo import OLMO
 from graphlens.architectures.opt import OPT
 from graphlens.architectures.phi import PHI
 from graphlens.architectures.phi3 import PHI3
@@ -17,7 +20,8 @@ from graphlens.architectures.qwen2 import QWEN2
 from graphlens.architectures.qwen3 import QWEN3
 from graphlens.errors import UnsupportedArchitectureError
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPT_NEOX_SEQUENTIAL, GPTJ, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, OPT, PHI, PHI3)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (GPT2, GPT_NEOX, GPT_NEOX_SEQUENTIAL, GPTJ, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, GEMMA3, OLMO, OPT, PHI, PHI3,
+                                                                  APERTUS)}
 
 
 def supported_hf_architectures() -> list[str]:

@@ -46,6 +46,8 @@ class Norm:
     # TL has two norms where HF has one (GPT-J's ln_1 feeds attention and MLP): this site is a second
     # application of ``module`` to the same input, and its result goes to ``feeds`` (the MLP) instead
     feeds: str | None = None
+    # the module sees [batch, heads, pos, d_head] (Apertus' q/k norms): its sites are [batch, pos, heads, …]
+    heads_first: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def _gemma2_marks(marks: tuple[Mark, ...]) -> tuple[Mark, ...]:
     return tuple(moved.get(m.site, m) for m in marks)
 
 
+PARAMS = gemma.gemma_params(_NORMS)
+
 _BASE = llama_like(
     "gemma2",
     "Gemma2ForCausalLM",
@@ -57,7 +59,7 @@ _BASE = llama_like(
     "as Gemma, with post-attention/post-MLP RMSNorms, alternating sliding-window and global attention, "
     "attention-score and logit soft-capping",
     config_from_hf,
-    params=gemma.gemma_params(_NORMS),
+    params=PARAMS,
 )
 GEMMA2 = dataclasses.replace(
     _BASE,

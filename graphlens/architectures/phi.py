@@ -6,8 +6,9 @@ partial rotary, q/k/v and output biases, a GELU MLP, and an lm_head with a bias.
 
 from __future__ import annotations
 
-from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, rope_parameters, standard_dims
-from graphlens.architectures.gptj import SHARED_NORM
+from graphlens.architectures import neox
+from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm
+from graphlens.architectures.gptj import shared_norm_rows
 from graphlens.architectures.params import Param, ParamTable, linear_mlp_rows, norm_rows, separate_qkv_rows, unembed_rows
 from graphlens.errors import UnsupportedArchitectureError
 
@@ -15,21 +16,8 @@ from graphlens.errors import UnsupportedArchitectureError
 def config_from_hf(hf: dict) -> dict:
     if hf.get("qk_layernorm"):
         raise UnsupportedArchitectureError("Phi with qk_layernorm=True is not supported (TransformerLens 3.9 has no such norms)")
-    dims = standard_dims(hf)
-    rope = rope_parameters(hf)
-    return dict(
-        **dims,
-        act_fn=hf["hidden_act"],
-        eps=hf["layer_norm_eps"],
-        normalization_type="LN",
-        positional_embedding_type="rotary",
-        rotary_dim=round(rope["partial_rotary_factor"] * dims["d_head"]),
-        rotary_base=rope["rope_theta"],
-        rotary_adjacent_pairs=False,
-        parallel_attn_mlp=True,
-        original_architecture="PhiForCausalLM",
-        default_prepend_bos=False,
-    )
+    # GPT-NeoX's fields and key names (LayerNorm eps, partial rotary); Phi has no use_parallel_residual: parallel
+    return {**neox.config_from_hf(hf), "original_architecture": "PhiForCausalLM"}
 
 
 _L = "model.layers.{layer}"
@@ -37,8 +25,7 @@ _ATTN = f"{_L}.self_attn"
 
 PARAMS = ParamTable((
     Param("model.embed_tokens.weight", "embed.W_E"),
-    Param(f"{_L}.input_layernorm.weight", ("blocks.{layer}.ln1.w", "blocks.{layer}.ln2.w"), SHARED_NORM, missing="skip"),
-    Param(f"{_L}.input_layernorm.bias", ("blocks.{layer}.ln1.b", "blocks.{layer}.ln2.b"), SHARED_NORM, missing="skip"),
+    *shared_norm_rows(f"{_L}.input_layernorm"),
     *separate_qkv_rows(_ATTN, "q_proj", "k_proj", "v_proj", "dense"),
     *linear_mlp_rows(f"{_L}.mlp.fc1", f"{_L}.mlp.fc2"),
     *norm_rows("model.final_layernorm", "ln_final"),

@@ -106,9 +106,10 @@ class HookedNorm(nn.Module):
     """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
 
     def __init__(self, inner: nn.Module, prefix: str, rms: bool, weight_offset: float = 0.0,
-                 tokens: TokenShape | None = None):
+                 tokens: TokenShape | None = None, heads_first: bool = False):
         super().__init__()
-        self.weight = inner.weight
+        self.heads_first = heads_first
+        self.weight = getattr(inner, "weight", None)  # None: a norm without parameters (OLMo's LayerNorm)
         self.bias = getattr(inner, "bias", None)
         self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
         self.prefix, self.rms, self.weight_offset, self.tokens = prefix, rms, weight_offset, tokens
@@ -118,12 +119,18 @@ class HookedNorm(nn.Module):
 
     def apply_as(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """The norm with its sites named ``prefix`` (another name: TL's second copy of a shared norm)."""
+        if self.heads_first:  # [batch, heads, pos, d_head]: normalised per vector, sites as [batch, pos, heads, …]
+            return self._normed(x.transpose(1, 2), prefix).transpose(1, 2)
+        return self._normed(x, prefix)
+
+    def _normed(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         scale = _site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{prefix}.hook_scale", self.tokens)
         # an offset weight is one Add on the parameter: folding it away leaves x * offset
-        weight = self.weight + self.weight_offset if self.weight_offset else self.weight
-        out = _site(x / scale, f"{prefix}.hook_normalized", self.tokens) * weight
+        out = _site(x / scale, f"{prefix}.hook_normalized", self.tokens)
+        if self.weight is not None:
+            out = out * (self.weight + self.weight_offset if self.weight_offset else self.weight)
         return out + self.bias if self.bias is not None else out
 
 
@@ -248,7 +255,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             if norm.feeds:
                 _feed_norm_copy(getattr(parent, child), model.get_submodule(norm.feeds.format(layer=layer)), prefix)
             else:
-                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset, tokens))
+                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset, tokens,
+                                                  norm.heads_first))
     for mark in arch.marks:
         for layer in _layers_of(mark.module, n_layers):
             module = model.get_submodule(mark.module.format(layer=layer))
