@@ -44,6 +44,12 @@ _KINDS = [
     SiteKind("attn.hook_q", ("batch", "pos", "n_heads", "d_head")),
     SiteKind("attn.hook_k", ("batch", "pos", "n_key_value_heads", "d_head")),
     SiteKind("attn.hook_v", ("batch", "pos", "n_key_value_heads", "d_head")),
+    # Qwen3-style RMS norms of each head's query/key (TL's attn.q_norm/k_norm; TL flattens them to
+    # [batch*pos*heads, …], graphlens keeps the batch, position and head axes)
+    SiteKind("attn.q_norm.hook_scale", ("batch", "pos", "n_heads", 1)),
+    SiteKind("attn.q_norm.hook_normalized", ("batch", "pos", "n_heads", "d_head")),
+    SiteKind("attn.k_norm.hook_scale", ("batch", "pos", "n_key_value_heads", 1)),
+    SiteKind("attn.k_norm.hook_normalized", ("batch", "pos", "n_key_value_heads", "d_head")),
     SiteKind("attn.hook_rot_q", ("batch", "pos", "n_heads", "d_head")),
     SiteKind("attn.hook_rot_k", ("batch", "pos", "n_key_value_heads", "d_head")),
     SiteKind("attn.hook_attn_scores", ("batch", "n_heads", "query_pos", "key_pos")),

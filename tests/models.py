@@ -42,6 +42,18 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
                 param.add_(0.2 * torch.randn(param.shape, generator=gen))
 
 
+class Lazy(dict):
+    """key → value made by ``make(key)`` the first time a test asks for it (one export per family used)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
+
+
 def make_gpt2(folder: Path, seed: int = 0, tokenizer: bool = True, **config) -> Path:
     """Save a random GPT-2 (``GPT2Config(**config)``) and a matching tokenizer to ``folder``."""
     torch.manual_seed(seed)
@@ -111,8 +123,16 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
         cfg = _tl_gemma_config(hf.config)
     elif hf.config.architectures == ["Gemma2ForCausalLM"]:
         cfg = _tl_gemma2_config(hf.config)
+    elif hf.config.architectures == ["Gemma3ForCausalLM"]:
+        cfg = _tl_gemma3_config(hf.config)
+    elif hf.config.architectures == ["OlmoForCausalLM"]:
+        cfg = _tl_olmo_config(hf.config)
+    elif hf.config.architectures == ["PhiForCausalLM"]:
+        cfg = _tl_phi_config(folder, processing)
     else:
         cfg = get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
+    if hf.config.architectures == ["Qwen2ForCausalLM"] and hf.config.use_sliding_window:
+        _window_qwen2(cfg, hf.config)
     cfg.tokenizer_name = None  # set below from the folder (TL would try the hub otherwise)
     model = HookedTransformer(cfg)
     model.load_and_process_state_dict(
@@ -124,6 +144,27 @@ def tl_reference_from_folder(hf_folder: Path, processing: bool = True):
     if (Path(folder) / "tokenizer.json").is_file():
         model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(folder))
     return model.eval()
+
+
+def _tl_phi_config(folder: str, processing: bool):
+    """TL 3.9's own Phi config, which reads ``hf_config.partial_rotary_factor``: transformers 5 keeps it in
+    ``rope_parameters``, so the attribute is lent back while TL reads the config."""
+    from unittest import mock
+
+    from transformers import PhiConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    factor = property(lambda c: c.rope_parameters["partial_rotary_factor"])
+    with mock.patch.object(PhiConfig, "partial_rotary_factor", factor, create=True):
+        return get_pretrained_model_config(folder, device="cpu", fold_ln=processing)
+
+
+def _window_qwen2(cfg, c) -> None:
+    """TL 3.9 ignores Qwen2's ``use_sliding_window`` (every layer global); HF windows the layers from
+    ``max_window_layers`` on. The reference gets HF's windows through TL's own local attention, so that
+    every hook is still compared (tests.test_architectures checks the logits against HF's as well)."""
+    cfg.use_local_attn, cfg.window_size = True, c.sliding_window
+    cfg.attn_types = ["local" if t == "sliding_attention" else "global" for t in c.layer_types]
 
 
 def _tl_gemma_config(c):
@@ -156,4 +197,36 @@ def _tl_gemma2_config(c):
         attn_scores_soft_cap=c.attn_logit_softcapping, output_logits_soft_cap=c.final_logit_softcapping,
         gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
         original_architecture="Gemma2ForCausalLM", device="cpu",
+    )
+
+
+def _tl_gemma3_config(c):
+    """TL 3.9's gemma-3-270m entry (by hub name only), with this model's sizes, window, layer types and rotary
+    bases (TL's entry has no attn_scale: the test model's query_pre_attn_scalar is its d_head)."""
+    from transformer_lens import HookedTransformerConfig
+
+    rope = c.rope_parameters
+    return HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        act_fn="gelu_pytorch_tanh", normalization_type="RMS", rotary_base=rope["full_attention"]["rope_theta"],
+        rotary_base_local=rope["sliding_attention"]["rope_theta"], rotary_dim=c.head_dim,
+        positional_embedding_type="rotary", use_attn_scale=True, n_key_value_heads=c.num_key_value_heads,
+        gated_mlp=True, final_rms=True, use_normalization_before_and_after=True, use_qk_norm=True,
+        window_size=c.sliding_window, use_local_attn=True,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        original_architecture="Gemma3ForCausalLM", device="cpu",
+    )
+
+
+def _tl_olmo_config(c):
+    """TL 3.9's allenai/OLMo-1B-hf entry (by hub name only), with this model's sizes."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads, n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=1e-5,
+        d_vocab=c.vocab_size, act_fn="silu", normalization_type="LN", rotary_base=c.rope_parameters["rope_theta"],
+        attn_types=["global"] * c.num_hidden_layers, positional_embedding_type="rotary", gated_mlp=True,
+        clip_qkv=c.clip_qkv, original_architecture="OlmoForCausalLM", device="cpu",
     )

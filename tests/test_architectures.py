@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
-                          Qwen2Config)
+from transformers import (ApertusConfig, BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OlmoConfig, OPTConfig,
+                          Phi3Config, PhiConfig, Qwen2Config, Qwen3Config)
 
 from graphlens import HookedTransformer, patching
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -23,7 +23,7 @@ from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING, Processing
 from graphlens.runtime.sweep import SiteSweep
 from graphlens.sites import get_act_name
-from tests.models import make_causal_lm, tl_reference_from_folder
+from tests.models import Lazy, make_causal_lm, tl_reference_from_folder
 from tests.test_equivalence import assert_close
 
 _SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=300, max_position_embeddings=64)
@@ -34,10 +34,24 @@ _LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_fre
 # Folder names must not contain "llama" or "gemma": TransformerLens picks a config branch by name.
 FAMILIES = {
     "neox": GPTNeoXConfig(**_SHAPE, intermediate_size=128, rotary_pct=0.5),
+    "neox-seq": GPTNeoXConfig(**_SHAPE, intermediate_size=128, rotary_pct=0.5, use_parallel_residual=False),
     "gptj": GPTJConfig(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, vocab_size=300, n_positions=64),
     "rms-gqa": LlamaConfig(**_GQA, rope_parameters=_LLAMA3_ROPE),
-    "mistral": MistralConfig(**_GQA, sliding_window=None),
+    "mistral": MistralConfig(**_GQA, sliding_window=4),  # every layer local: 4 < the 11 test positions
     "qwen2": Qwen2Config(**_GQA),
+    # layer 1 local (from max_window_layers on); TL 3.9 ignores the window: the reference gets it set
+    # (tests.models.tl_reference_from_folder) and test_qwen2_window_is_real checks HF's logits
+    "qwen2-window": Qwen2Config(**_GQA, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "qwen3": Qwen3Config(**_GQA, head_dim=16),  # per-head q/k RMS norms
+    "phi": PhiConfig(**_SHAPE, intermediate_size=128, partial_rotary_factor=0.5),
+    "phi3": Phi3Config(**_GQA, sliding_window=5),  # fused qkv_proj and gate_up_proj, every layer local
+    # layer 0 local (window 4), layer 1 global, each with its rotary base; per-head q/k norms (1 + w)
+    "gm3": Gemma3TextConfig(**_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+                            layer_types=["sliding_attention", "full_attention"],
+                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}),
+    "olmo": OlmoConfig(**dict(_GQA, num_key_value_heads=4)),  # LayerNorms without parameters
+    "apertus": ApertusConfig(**_GQA),  # per-head q/k norms, xIELU MLP
     "opt": OPTConfig(**_SHAPE, ffn_dim=128, word_embed_proj_dim=64),
     "gm": GemmaConfig(**dict(_GQA, num_key_value_heads=1), head_dim=32),  # multi-query, d_head != d_model/n_heads
     # layer 0 local (window 4 < the 11 test positions), layer 1 global; caps small enough to bend this
@@ -50,20 +64,24 @@ PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_pr
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
+    """family → HF folder, made the first time a test asks for it."""
     root = tmp_path_factory.mktemp("families")
-    return {name: make_causal_lm(root / name, config, seed=i) for i, (name, config) in enumerate(FAMILIES.items())}
+    seeds = {name: i for i, name in enumerate(FAMILIES)}
+    return Lazy(lambda name: make_causal_lm(root / name, FAMILIES[name], seed=seeds[name]))
 
 
 @pytest.fixture(scope="module")
 def family_bundles(family_dirs, tmp_path_factory):
-    """(family, processed at export?) → bundle folder."""
+    """(family, processed at export?) → bundle folder, exported the first time a test asks for it."""
     root = tmp_path_factory.mktemp("family-bundles")
-    bundles = {}
-    for name, folder in family_dirs.items():
-        bundles[name, False] = export_bundle(str(folder), root / f"{name}-raw", processing=NO_PROCESSING, progress=None)
-    folder = family_dirs[PROCESSED_EXPORT]
-    bundles[PROCESSED_EXPORT, True] = export_bundle(str(folder), root / "processed", progress=None, decoder=False)
-    return bundles
+
+    def export(key):
+        name, processed = key
+        if processed:
+            return export_bundle(str(family_dirs[name]), root / f"{name}-processed", progress=None, decoder=False)
+        return export_bundle(str(family_dirs[name]), root / f"{name}-raw", processing=NO_PROCESSING, progress=None)
+
+    return Lazy(export)
 
 
 def _flags(processed: bool) -> dict:
@@ -74,6 +92,11 @@ def _tokens(seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 300, size=(3, 11))
 
 
+def as_graphlens_shape(ref: torch.Tensor, name: str, shape: tuple) -> torch.Tensor:
+    """TL's per-head q/k norms (Qwen3) run on [batch*pos*heads, …]; graphlens keeps [batch, pos, heads, …]."""
+    return ref.reshape(shape) if ".attn.q_norm." in name or ".attn.k_norm." in name else ref
+
+
 def _compare_all(ours: HookedTransformer, ref, tokens: np.ndarray) -> None:
     with torch.no_grad():
         ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
@@ -81,7 +104,7 @@ def _compare_all(ours: HookedTransformer, ref, tokens: np.ndarray) -> None:
     logits, cache = ours.run_with_cache(tokens)
     assert list(cache.keys()) == list(ref_cache.keys())  # same names, TransformerLens' forward order
     for name in ref_cache.keys():
-        assert_close(cache[name], ref_cache[name], name)
+        assert_close(cache[name], as_graphlens_shape(ref_cache[name], name, cache[name].shape), name)
     assert_close(logits, ref_logits, "logits")
     assert_close(ours(tokens, return_type="loss"), ref_loss, "loss")
 
@@ -114,11 +137,29 @@ def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
                       "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor"):
             assert getattr(ours, field) == getattr(ref, field), field
     if ref.use_normalization_before_and_after:  # Gemma 2
-        for field in ("use_normalization_before_and_after", "use_local_attn", "window_size", "attn_types",
-                      "attn_scores_soft_cap", "output_logits_soft_cap", "attn_scale"):
+        for field in ("use_normalization_before_and_after", "attn_scores_soft_cap", "output_logits_soft_cap",
+                      "attn_scale"):
             assert getattr(ours, field) == getattr(ref, field), field
+    for field in ("use_local_attn", "window_size", "attn_types"):  # sliding windows
+        assert getattr(ours, field) == getattr(ref, field), field
     # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
     assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
+
+
+def test_qwen2_window_is_real(family_bundles, family_dirs):
+    """Qwen2 ``use_sliding_window``: logits equal HF's, which window layer 1 (TransformerLens 3.9 does not:
+    its reference is given the window in tests.models, and this test is where HF decides)."""
+    from transformers import AutoModelForCausalLM
+
+    folder, tokens = family_dirs["qwen2-window"], _tokens()
+    ours = HookedTransformer.from_pretrained_no_processing(family_bundles["qwen2-window", False])  # HF's logits
+    assert ours.cfg.attn_types == ["global", "local"] and ours.cfg.window_size == 4
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(folder).eval()(torch.tensor(tokens)).logits
+        unwindowed = AutoModelForCausalLM.from_pretrained(folder, layer_types=["full_attention"] * 2).eval()(
+            torch.tensor(tokens)).logits
+    assert_close(ours(tokens), hf, "logits")
+    assert not np.allclose(hf.numpy(), unwindowed.numpy(), atol=1e-3)  # the window changes the logits
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -142,10 +183,15 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
     np.testing.assert_array_equal(ours.generate(tokens, use_past_kv_cache=False, **kwargs), generated)
 
 
-@pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
-                                         ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
+@pytest.mark.parametrize("family,hook", [("neox", "attn.hook_q"), ("neox-seq", "hook_resid_mid"),
+                                         ("qwen2-window", "attn.hook_rot_k"), ("rms-gqa", "attn.hook_k"), ("qwen2", "attn.hook_v"),
+                                         ("mistral", "mlp.hook_pre_linear"),
+                                         ("qwen3", "attn.k_norm.hook_normalized"), ("gm", "ln2.hook_normalized"),
                                          ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
+                                         ("gm3", "attn.q_norm.hook_normalized"),
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
+                                         ("phi", "ln2.hook_scale"),  # Phi: as GPT-J
+                                         ("phi3", "attn.hook_k"), ("phi3", "mlp.hook_pre"),  # slices of fused outputs
                                          ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
@@ -158,8 +204,9 @@ def test_patching_family_sites_equals_transformer_lens(family_bundles, family_di
     mask[:, 3:7] = True
     logits = ours.run_graph(tokens, ["logits"], {f"{name}.patch": patch, f"{name}.patch_mask": mask})["logits"]
 
-    def replace(activation, hook):
-        return torch.where(torch.tensor(mask), torch.tensor(patch), activation)
+    def replace(activation, hook):  # in graphlens' shape (TL flattens Qwen3's q/k norms)
+        return torch.where(torch.tensor(mask), torch.tensor(patch), activation.reshape(patch.shape)).reshape(
+            activation.shape)
 
     with torch.no_grad():
         ref_logits = ref.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(name, replace)])
@@ -213,8 +260,8 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
-              "gemma": "gm", "gemma2": "gm2", "opt": "opt"}.get(name)
+    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3", "apertus": "apertus", "olmo": "olmo",
+              "gemma": "gm", "gemma2": "gm2", "gemma3": "gm3", "opt": "opt"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]
@@ -230,11 +277,9 @@ def test_adapter_weights_round_trip(name, family_bundles):
 
 
 @pytest.mark.parametrize("config,problem", [
-    (GPTNeoXConfig(**_SHAPE, use_parallel_residual=False, architectures=["GPTNeoXForCausalLM"]), "use_parallel_residual"),
     (OPTConfig(**_SHAPE, do_layer_norm_before=False, architectures=["OPTForCausalLM"]), "do_layer_norm_before"),
     (OPTConfig(**_SHAPE, word_embed_proj_dim=32, architectures=["OPTForCausalLM"]), "word_embed_proj_dim"),
-    (MistralConfig(**_GQA, sliding_window=16, architectures=["MistralForCausalLM"]), "sliding window"),
-], ids=["neox-sequential", "opt-post-norm", "opt-projection", "mistral-short-window"])
+], ids=["opt-post-norm", "opt-projection"])
 def test_unsupported_variants_fail_at_export_naming_the_setting(tmp_path, config, problem):
     config.save_pretrained(tmp_path / "hf")  # the config alone: the check comes before any weight is read
     with pytest.raises(ValueError, match=problem):

@@ -31,6 +31,9 @@ class Mark:
     heads: str | None = None  # config field ("n_heads"): the site is the output viewed as [..., heads, d_head]
     # fused projections: the output viewed as [..., heads, count, d_head]; the site is slice ``index`` of ``count``
     part: tuple[int, int] | None = None
+    # fused projections laid out block after block (Phi-3's qkv_proj, gate_up_proj): the site is the
+    # output's last-axis slice [start, stop), ``span(cfg)`` (then viewed per head when ``heads`` is set)
+    span: Callable[[dict], tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Norm:
     # TL has two norms where HF has one (GPT-J's ln_1 feeds attention and MLP): this site is a second
     # application of ``module`` to the same input, and its result goes to ``feeds`` (the MLP) instead
     feeds: str | None = None
+    # the module sees [batch, heads, pos, d_head] (Apertus' q/k norms): its sites are [batch, pos, heads, …]
+    heads_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class Architecture:
     # tokens [batch*pos, …] (OPT's MLP): their sites are viewed back as [batch, pos, …]
     flat_tokens_in: str | None = None
     extra: dict = field(default_factory=dict)
+    # variants of one HF class with different sites (sequential GPT-NeoX has hook_resid_mid): the first
+    # registered adapter whose ``accepts(hf_config)`` holds is used; None accepts every config
+    accepts: Callable[[dict], bool] | None = None
 
     def site_suffixes(self) -> list[str]:
         """Every hook suffix this architecture has, in TransformerLens' forward order."""

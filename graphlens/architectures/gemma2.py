@@ -13,11 +13,11 @@ import dataclasses
 from graphlens.architectures import gemma
 from graphlens.architectures.base import Mark, Norm
 from graphlens.architectures.llama import base_config, llama_like
+from graphlens.architectures.windows import local_attention
 
 _LAYER = "model.layers.{layer}"
 _NORMS = (("ln1", "input_layernorm"), ("ln1_post", "post_attention_layernorm"),
           ("ln2", "pre_feedforward_layernorm"), ("ln2_post", "post_feedforward_layernorm"))
-_ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 
 
 def _softcap(value) -> float:
@@ -36,9 +36,7 @@ def config_from_hf(hf: dict) -> dict:
         attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
         attn_scores_soft_cap=_softcap(hf.get("attn_logit_softcapping")),
         output_logits_soft_cap=_softcap(hf.get("final_logit_softcapping")),
-        use_local_attn=window is not None,
-        window_size=window,
-        attn_types=[_ATTN_TYPES[t] for t in layer_types] if window is not None else None,
+        **local_attention(window, layer_types, n_layers),
     )
 
 
@@ -52,6 +50,8 @@ def _gemma2_marks(marks: tuple[Mark, ...]) -> tuple[Mark, ...]:
     return tuple(moved.get(m.site, m) for m in marks)
 
 
+PARAMS = gemma.gemma_params(_NORMS)
+
 _BASE = llama_like(
     "gemma2",
     "Gemma2ForCausalLM",
@@ -59,7 +59,7 @@ _BASE = llama_like(
     "as Gemma, with post-attention/post-MLP RMSNorms, alternating sliding-window and global attention, "
     "attention-score and logit soft-capping",
     config_from_hf,
-    params=gemma.gemma_params(_NORMS),
+    params=PARAMS,
 )
 GEMMA2 = dataclasses.replace(
     _BASE,

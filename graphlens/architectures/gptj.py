@@ -27,12 +27,17 @@ def config_from_hf(hf: dict) -> dict:
 _H = "transformer.h.{layer}"
 _ATTN = f"{_H}.attn"
 # HF's one ln_1 is TL's ln1 and ln2 (equal); writing takes ln1's (fold_ln removes both)
-_SHARED_NORM = Layout(lambda a, cfg: (a, a), lambda t, cfg: t[0])
+SHARED_NORM = Layout(lambda a, cfg: (a, a), lambda t, cfg: t[0])
+
+
+def shared_norm_rows(hf_module: str) -> tuple[Param, ...]:
+    """One HF LayerNorm read by attention and MLP: TL's ln1 and ln2 (skipped once fold_ln removed them)."""
+    return tuple(Param(f"{hf_module}.{p}", (f"blocks.{{layer}}.ln1.{tl}", f"blocks.{{layer}}.ln2.{tl}"), SHARED_NORM,
+                       missing="skip") for p, tl in (("weight", "w"), ("bias", "b")))
 
 PARAMS = ParamTable((
     Param("transformer.wte.weight", "embed.W_E"),
-    Param(f"{_H}.ln_1.weight", ("blocks.{layer}.ln1.w", "blocks.{layer}.ln2.w"), _SHARED_NORM, missing="skip"),
-    Param(f"{_H}.ln_1.bias", ("blocks.{layer}.ln1.b", "blocks.{layer}.ln2.b"), _SHARED_NORM, missing="skip"),
+    *shared_norm_rows(f"{_H}.ln_1"),
     *separate_qkv_rows(_ATTN, "q_proj", "k_proj", "v_proj", "out_proj"),
     *linear_mlp_rows(f"{_H}.mlp.fc_in", f"{_H}.mlp.fc_out"),
     *norm_rows("transformer.ln_f", "ln_final"),

@@ -1,23 +1,18 @@
-"""Mistral (``MistralForCausalLM``): Llama's layout; TransformerLens caps n_ctx at 2048 (shorter than
-Mistral's 4096-token sliding window, so attention is plain causal attention within it)."""
+"""Mistral (``MistralForCausalLM``): Llama's layout, every layer attending within ``sliding_window``
+(when set); TransformerLens caps n_ctx at 2048."""
 
 from __future__ import annotations
 
-from graphlens.errors import UnsupportedArchitectureError
-
 from graphlens.architectures.llama import base_config, llama_like
+from graphlens.architectures.windows import local_attention
 
 
 N_CTX = 2048  # TransformerLens caps Mistral's context
 
 
 def config_from_hf(hf: dict) -> dict:
-    window = hf.get("sliding_window")
-    if window and window < N_CTX:
-        raise UnsupportedArchitectureError(
-            f"Mistral with a sliding window ({window}) shorter than its context ({N_CTX}) is not supported yet"
-        )
-    return {**base_config(hf, "MistralForCausalLM"), "n_ctx": N_CTX, "final_rms": False}
+    return {**base_config(hf, "MistralForCausalLM"), "n_ctx": N_CTX, "final_rms": False,
+            **local_attention(hf.get("sliding_window"), None, hf["num_hidden_layers"])}
 
 
 MISTRAL = llama_like(

@@ -1,17 +1,24 @@
-"""GPT-NeoX / Pythia (``GPTNeoXForCausalLM``): parallel attention and MLP, partial rotary, fused qkv per head."""
+"""GPT-NeoX / Pythia (``GPTNeoXForCausalLM``): parallel attention and MLP, partial rotary, fused qkv per head.
+
+``use_parallel_residual=False`` (sequential blocks) is its own adapter, ``gpt_neox_sequential``: the MLP
+reads the residual stream after attention, so the block has ``hook_resid_mid`` (the input of HF's
+``post_attention_layernorm``), as TransformerLens' ``parallel_attn_mlp=False``.
+"""
 
 from __future__ import annotations
 
-from graphlens.errors import UnsupportedArchitectureError
+import dataclasses
 
 from graphlens.architectures.base import Architecture, AttentionSites, Mark, Norm, rope_parameters, standard_dims
 from graphlens.architectures.params import (LINEAR_OUT, PER_HEAD_QKV, PER_HEAD_QKV_BIAS, QKV, QKV_BIASES, Param, ParamTable,
                                             linear_mlp_rows, norm_rows, unembed_rows)
 
 
+def _parallel(hf: dict) -> bool:
+    return bool(hf.get("use_parallel_residual", True))
+
+
 def config_from_hf(hf: dict) -> dict:
-    if not hf.get("use_parallel_residual", True):
-        raise UnsupportedArchitectureError("GPT-NeoX with use_parallel_residual=False is not supported yet (only parallel blocks)")
     dims = standard_dims(hf)
     return dict(
         **dims,
@@ -22,7 +29,7 @@ def config_from_hf(hf: dict) -> dict:
         rotary_dim=round(rope_parameters(hf)["partial_rotary_factor"] * dims["d_head"]),
         rotary_base=rope_parameters(hf)["rope_theta"],
         rotary_adjacent_pairs=False,
-        parallel_attn_mlp=True,
+        parallel_attn_mlp=_parallel(hf),
         original_architecture="GPTNeoXForCausalLM",
         default_prepend_bos=False,
     )
@@ -74,4 +81,14 @@ GPT_NEOX = Architecture(
     read_weights=PARAMS.read,
     write_weights=PARAMS.write,
     zero_biases=(_QKV, "gpt_neox.layers.{layer}.attention.dense"),
+    accepts=_parallel,
+)
+
+GPT_NEOX_SEQUENTIAL = dataclasses.replace(
+    GPT_NEOX,
+    name="gpt_neox_sequential",
+    hub_examples=(),
+    description="GPT-NeoX with sequential attention then MLP (use_parallel_residual=False)",
+    marks=GPT_NEOX.marks + (Mark("hook_resid_mid", "gpt_neox.layers.{layer}.post_attention_layernorm", at="input"),),
+    accepts=lambda hf: not _parallel(hf),
 )

@@ -106,9 +106,10 @@ class HookedNorm(nn.Module):
     """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
 
     def __init__(self, inner: nn.Module, prefix: str, rms: bool, weight_offset: float = 0.0,
-                 tokens: TokenShape | None = None):
+                 tokens: TokenShape | None = None, heads_first: bool = False):
         super().__init__()
-        self.weight = inner.weight
+        self.heads_first = heads_first
+        self.weight = getattr(inner, "weight", None)  # None: a norm without parameters (OLMo's LayerNorm)
         self.bias = getattr(inner, "bias", None)
         self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
         self.prefix, self.rms, self.weight_offset, self.tokens = prefix, rms, weight_offset, tokens
@@ -118,12 +119,18 @@ class HookedNorm(nn.Module):
 
     def apply_as(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """The norm with its sites named ``prefix`` (another name: TL's second copy of a shared norm)."""
+        if self.heads_first:  # [batch, heads, pos, d_head]: normalised per vector, sites as [batch, pos, heads, …]
+            return self._normed(x.transpose(1, 2), prefix).transpose(1, 2)
+        return self._normed(x, prefix)
+
+    def _normed(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         scale = _site((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), f"{prefix}.hook_scale", self.tokens)
         # an offset weight is one Add on the parameter: folding it away leaves x * offset
-        weight = self.weight + self.weight_offset if self.weight_offset else self.weight
-        out = _site(x / scale, f"{prefix}.hook_normalized", self.tokens) * weight
+        out = _site(x / scale, f"{prefix}.hook_normalized", self.tokens)
+        if self.weight is not None:
+            out = out * (self.weight + self.weight_offset if self.weight_offset else self.weight)
         return out + self.bias if self.bias is not None else out
 
 
@@ -152,10 +159,21 @@ def _mark_part(x: torch.Tensor, name: str, heads: int, part: tuple[int, int]) ->
     return torch.stack(pieces, dim=-2).reshape(x.shape)
 
 
-def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None, tokens: TokenShape | None = None):
+def _mark_span(x: torch.Tensor, name: str, heads: int | None, span: tuple[int, int]) -> torch.Tensor:
+    """Mark the last-axis slice ``span`` of ``x`` (viewed as [..., heads, d_head] when ``heads``)."""
+    start, stop = span
+    piece = x[..., start:stop]
+    marked = site(piece.reshape(*piece.shape[:-1], heads, -1), name).reshape(piece.shape) if heads else site(piece, name)
+    return torch.cat([x[..., :start], marked, x[..., stop:]], dim=-1)
+
+
+def _mark_output(name: str, heads: int | None, part: tuple[int, int] | None = None, tokens: TokenShape | None = None,
+                 span: tuple[int, int] | None = None):
     def hook(module, args, output):
         first = output[0] if isinstance(output, tuple) else output
-        if part:
+        if span:
+            marked = _mark_span(first, name, heads, span)
+        elif part:
             marked = _mark_part(first, name, heads, part)
         elif heads:
             shape = first.shape
@@ -237,7 +255,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
             if norm.feeds:
                 _feed_norm_copy(getattr(parent, child), model.get_submodule(norm.feeds.format(layer=layer)), prefix)
             else:
-                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset, tokens))
+                setattr(parent, child, HookedNorm(getattr(parent, child), prefix, rms, norm.weight_offset, tokens,
+                                                  norm.heads_first))
     for mark in arch.marks:
         for layer in _layers_of(mark.module, n_layers):
             module = model.get_submodule(mark.module.format(layer=layer))
@@ -246,7 +265,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
                 module.register_forward_pre_hook(_mark_input(name, tokens), with_kwargs=True)
             else:
                 heads = cfg[mark.heads] if mark.heads else None
-                module.register_forward_hook(_mark_output(name, heads, mark.part, tokens))
+                span = mark.span(cfg) if mark.span else None
+                module.register_forward_hook(_mark_output(name, heads, mark.part, tokens, span))
     for layer in range(n_layers):
         attn = model.get_submodule(arch.attention.module.format(layer=layer))
         attn._graphlens_prefix = f"blocks.{layer}"

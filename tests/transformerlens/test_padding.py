@@ -19,7 +19,7 @@ import transformer_lens.patching as tl_patching
 from graphlens import HookedTransformer, patching
 from graphlens.errors import InputError
 from tests.models import tl_reference, tl_reference_from_folder
-from tests.test_architectures import FAMILIES
+from tests.test_architectures import FAMILIES, as_graphlens_shape
 from tests.test_equivalence import assert_close
 
 PAD = 0  # the test tokenizers' <|endoftext|>: pad, BOS and EOS
@@ -61,8 +61,15 @@ def test_left_padded_batch_every_hook_logits_and_loss_equal_transformer_lens(mod
         ref_token_loss = ref(torch.tensor(tokens), padding_side="left", return_type="loss", loss_per_token=True)
     logits, cache = ours.run_with_cache(tokens, padding_side="left")
     assert list(cache.keys()) == list(ref_cache.keys())
+    pads = np.cumsum(tokens != PAD, axis=1) == 0  # the leading pads and the BOS (all PAD tokens)
     for name in ref_cache.keys():
-        assert_close(cache[name], ref_cache[name], name)  # includes where scores are -inf
+        ref_value = as_graphlens_shape(ref_cache[name], name, cache[name].shape).numpy()
+        if ours.cfg.use_qk_norm and any(s in name for s in ("_norm.hook_normalized", "hook_rot_q", "hook_rot_k")):
+            # q/k norms: at a pad position the random model's key is ~0 (hook_scale = sqrt(eps)), so dividing by
+            # it amplifies float error ~300x; those positions are never attended: compare the real ones
+            assert_close(cache[name][~pads], ref_value[~pads], name)
+        else:
+            assert_close(cache[name], ref_value, name)  # -inf too
     assert_close(logits, ref_logits, "logits")
     assert_close(ours(tokens, padding_side="left", return_type="loss"), ref_loss, "loss")
     assert_close(ours(tokens, padding_side="left", return_type="loss", loss_per_token=True), ref_token_loss, "loss/token")
