@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
+from transformers import (BertConfig, BloomConfig, Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
 from graphlens import HookedTransformer, patching
@@ -44,6 +44,10 @@ FAMILIES = {
     # random model's small scores and logits (a cap left out changes logits by > 1e-3)
     "gm2": Gemma2Config(**_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
                         attn_logit_softcapping=0.05, final_logit_softcapping=1.0),
+    # GPT-Neo: unscaled attention, layer 1 local with a window (4) shorter than the 11 test positions
+    "neo": GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, vocab_size=300, max_position_embeddings=64,
+                        window_size=4, attention_types=[[["global", "local"], 1]]),
+    "bloom": BloomConfig(n_layer=2, hidden_size=64, n_head=4, vocab_size=300),  # ALiBi, embedding LayerNorm
 }
 PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
 
@@ -117,6 +121,9 @@ def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
         for field in ("use_normalization_before_and_after", "use_local_attn", "window_size", "attn_types",
                       "attn_scores_soft_cap", "output_logits_soft_cap", "attn_scale"):
             assert getattr(ours, field) == getattr(ref, field), field
+    if ref.use_local_attn:  # Gemma 2, GPT-Neo
+        for field in ("use_local_attn", "window_size", "attn_types", "use_attn_scale"):
+            assert getattr(ours, field) == getattr(ref, field), field
     # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
     assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
 
@@ -146,7 +153,8 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
                                          ("mistral", "mlp.hook_pre_linear"), ("gm", "ln2.hook_normalized"),
                                          ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
-                                         ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
+                                         ("opt", "mlp.hook_post"),
+                                         ("neo", "attn.hook_k"), ("bloom", "attn.hook_q")])  # GPT-Neo: through its replaced _attn  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
@@ -214,7 +222,7 @@ def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
     family = {"gpt_neox": "neox", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2",
-              "gemma": "gm", "gemma2": "gm2", "opt": "opt"}.get(name)
+              "gemma": "gm", "gemma2": "gm2", "opt": "opt", "gpt_neo": "neo", "bloom": "bloom"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]
