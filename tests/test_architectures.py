@@ -154,7 +154,7 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
                                          ("gm2", "ln1_post.hook_scale"),  # Gemma 2's post-attention norm
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
                                          ("opt", "mlp.hook_post"),
-                                         ("neo", "attn.hook_k"), ("bloom", "attn.hook_q")])  # GPT-Neo: through its replaced _attn  # OPT: inside its flattened MLP
+                                         ("neo", "attn.hook_k"), ("bloom", "attn.hook_v")])  # GPT-Neo: through its replaced _attn  # OPT: inside its flattened MLP
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])

@@ -71,7 +71,7 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
     key_pos = torch.arange(k_len, device=scores.device)[None, :]
     if alibi is not None:
-        scores = scores + alibi.to(scores.dtype)[:, None, None] * (key_pos - query_pos).clamp(max=0).to(scores.dtype)
+        scores = scores + _alibi_bias(alibi, key_pos - query_pos, state).to(scores.dtype)
     if state is not None or attention_mask is None:
         allowed = key_pos <= query_pos
         if state is not None:  # TransformerLens: causal and not padding
@@ -89,6 +89,16 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     pattern = site(pattern, f"{prefix}.attn.hook_pattern")
     z = site(torch.matmul(pattern, v_heads).transpose(1, 2), f"{prefix}.attn.hook_z")  # [b, q, h, d_head]
     return z, pattern
+
+
+def _alibi_bias(slopes: torch.Tensor, relative: torch.Tensor, state: KVState | None) -> torch.Tensor:
+    """``slopes[h] · min(key_pos − query_pos, 0)`` as [b, h, q, k]: with a KVState the positions come from its
+    key mask's shape, so the bias is batch-major like every tensor a graph cut may cross (runtime.sweep)."""
+    if state is not None:
+        key_pos = torch.ones_like(state.key_mask, dtype=slopes.dtype).cumsum(-1)  # [b, k]: 1 … k
+        relative = key_pos[:, None, :] - key_pos[:, -relative.shape[0]:, None]  # [b, q, k]
+        return slopes[None, :, None, None] * relative[:, None].clamp(max=0)
+    return slopes[:, None, None] * relative.clamp(max=0).to(slopes.dtype)
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
