@@ -31,6 +31,8 @@ class SiteKind:
 
 
 _KINDS = [
+    SiteKind("embed.ln.hook_scale", ("batch", "pos", 1), per_layer=False),  # Bloom: a LayerNorm after the embedding
+    SiteKind("embed.ln.hook_normalized", ("batch", "pos", "d_model"), per_layer=False),
     SiteKind("hook_embed", ("batch", "pos", "d_model"), per_layer=False),
     SiteKind("hook_pos_embed", ("batch", "pos", "d_model"), per_layer=False),
     SiteKind("hook_resid_pre", ("batch", "pos", "d_model")),
@@ -76,6 +78,9 @@ _KINDS = [
     SiteKind("unembed.hook_out", ("batch", "pos", "d_vocab_out"), per_layer=False),
 ]
 KINDS: dict[str, SiteKind] = {k.suffix: k for k in _KINDS}
+
+# model-level sites before the blocks (the rest come after them), in TransformerLens' order
+EMBED_SITES = ("embed.ln.hook_scale", "embed.ln.hook_normalized", "hook_embed", "hook_pos_embed")
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
@@ -160,7 +165,7 @@ def hooks_matching(names: Iterable[str], pattern: str) -> list[str]:
 
 def ordered_hook_names(suffixes_per_block: list[str], model_level: list[str], n_layers: int) -> list[str]:
     """Hook names in TransformerLens' forward order (the order its cache lists them in)."""
-    before = [s for s in model_level if s in ("hook_embed", "hook_pos_embed")]
+    before = [s for s in model_level if s in EMBED_SITES]
     after = [s for s in model_level if s not in before]
     names = list(before)
     for layer in range(n_layers):
@@ -180,7 +185,7 @@ def forward_sorted(names: Iterable[str]) -> list[str]:
         layer, suffix = split_name(name)
         if layer is not None:
             return (1, layer, order[suffix])
-        return (0 if suffix in ("hook_embed", "hook_pos_embed") else 2, 0, order[suffix])
+        return (0 if suffix in EMBED_SITES else 2, 0, order[suffix])
 
     return sorted(names, key=key)
 

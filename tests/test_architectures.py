@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import (ApertusConfig, BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OlmoConfig, OPTConfig,
-                          Phi3Config, PhiConfig, Qwen2Config, Qwen3Config)
+from transformers import (ApertusConfig, BertConfig, BloomConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTJConfig, GPTNeoConfig,
+                          GPTNeoXConfig, LlamaConfig, MistralConfig, OlmoConfig, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen3Config)
 
 from graphlens import HookedTransformer, patching
 from graphlens.architectures import ARCHITECTURES, UnsupportedArchitectureError, supported_hf_architectures
@@ -58,6 +58,10 @@ FAMILIES = {
     # random model's small scores and logits (a cap left out changes logits by > 1e-3)
     "gm2": Gemma2Config(**_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
                         attn_logit_softcapping=0.05, final_logit_softcapping=1.0),
+    # GPT-Neo: unscaled attention, layer 1 local with a window (4) shorter than the 11 test positions
+    "neo": GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, vocab_size=300, max_position_embeddings=64,
+                        window_size=4, attention_types=[[["global", "local"], 1]]),
+    "bloom": BloomConfig(n_layer=2, hidden_size=64, n_head=4, vocab_size=300),  # ALiBi, embedding LayerNorm
 }
 PROCESSED_EXPORT = "qwen2"  # also exported with processing: b_V folds into o_proj's added bias
 
@@ -140,7 +144,8 @@ def test_config_matches_transformer_lens(family_bundles, family_dirs, family):
         for field in ("use_normalization_before_and_after", "attn_scores_soft_cap", "output_logits_soft_cap",
                       "attn_scale"):
             assert getattr(ours, field) == getattr(ref, field), field
-    for field in ("use_local_attn", "window_size", "attn_types"):  # sliding windows
+    fields = ("use_local_attn", "window_size", "attn_types") + (("use_attn_scale",) if ref.use_local_attn else ())
+    for field in fields:  # sliding windows (GPT-Neo: no score scaling either)
         assert getattr(ours, field) == getattr(ref, field), field
     # TransformerLens leaves n_key_value_heads None without grouped-query attention; graphlens states it
     assert ours.n_key_value_heads == (ref.n_key_value_heads or ref.n_heads)
@@ -192,7 +197,10 @@ def test_greedy_generation_equals_hf_and_transformer_lens(family_bundles, family
                                          ("gptj", "ln2.hook_normalized"),  # GPT-J: TL's copy of ln1, MLP only
                                          ("phi", "ln2.hook_scale"),  # Phi: as GPT-J
                                          ("phi3", "attn.hook_k"), ("phi3", "mlp.hook_pre"),  # slices of fused outputs
-                                         ("opt", "mlp.hook_post")])  # OPT: inside its flattened MLP
+                                         ("opt", "mlp.hook_post"),  # OPT: inside its flattened MLP
+                                         ("opt", "hook_resid_mid"),  # OPT: the residual skip reads the flattened view too
+                                         ("neo", "attn.hook_k"),  # GPT-Neo: through its replaced _attn
+                                         ("bloom", "attn.hook_v")])
 def test_patching_family_sites_equals_transformer_lens(family_bundles, family_dirs, family, hook):
     """A patch at a family-specific site (fused qkv part, GQA key/value heads, gated MLP) propagates as in TL."""
     ours = HookedTransformer.from_pretrained(family_bundles[family, False])
@@ -260,8 +268,9 @@ def test_unsupported_architecture_fails_at_export_with_the_supported_list(tmp_pa
 def test_adapter_weights_round_trip(name, family_bundles):
     """write_weights ∘ read_weights is the identity on the HF parameters an adapter maps."""
     arch = ARCHITECTURES[name]
-    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3", "apertus": "apertus", "olmo": "olmo",
-              "gemma": "gm", "gemma2": "gm2", "gemma3": "gm3", "opt": "opt"}.get(name)
+    family = {"gpt_neox": "neox", "gpt_neox_sequential": "neox-seq", "gptj": "gptj", "llama": "rms-gqa", "mistral": "mistral",
+              "qwen2": "qwen2", "qwen3": "qwen3", "phi": "phi", "phi3": "phi3", "apertus": "apertus", "olmo": "olmo",
+              "gemma": "gm", "gemma2": "gm2", "gemma3": "gm3", "opt": "opt", "gpt_neo": "neo", "bloom": "bloom"}.get(name)
     if family is None:
         pytest.skip("covered by the GPT-2 tests")
     bundle = family_bundles[family, False]

@@ -12,7 +12,7 @@ from typing import Callable, Literal, Mapping
 
 import numpy as np
 
-from graphlens.sites import KINDS
+from graphlens.sites import KINDS, ordered_hook_names
 
 Params = Mapping[str, np.ndarray]  # HF parameter name → array (as stored in the ONNX initializers)
 # TransformerLens state-dict name → array. Grouped-query attention: attn.W_K/W_V/b_K/b_V keep their
@@ -59,6 +59,10 @@ class AttentionSites:
     # names them elsewhere (e.g. OPT scales the query after its projection)
     query_site: str | None = "attn.hook_q"
     key_site: str | None = "attn.hook_k"
+    # a module that computes attention itself (not through transformers' attention interface): (its method,
+    # the graphlens replacement that computes it through graphlens' attention function), see
+    # ``graphlens.export.own_attention``
+    replace: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,15 +99,9 @@ class Architecture:
         return [suffix for suffix in KINDS if suffix in present]
 
     def hook_names(self, n_layers: int) -> list[str]:
-        names: list[str] = []
         suffixes = self.site_suffixes()
-        model_level = [s for s in suffixes if not KINDS[s].per_layer]
-        block = [s for s in suffixes if KINDS[s].per_layer]
-        names += [s for s in model_level if s in ("hook_embed", "hook_pos_embed")]
-        for layer in range(n_layers):
-            names += [KINDS[s].name(layer) for s in block]
-        names += [s for s in model_level if s not in ("hook_embed", "hook_pos_embed")]
-        return names
+        return ordered_hook_names([s for s in suffixes if KINDS[s].per_layer],
+                                  [s for s in suffixes if not KINDS[s].per_layer], n_layers)
 
 
 def split_heads(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -40,8 +40,11 @@ class KVSlot:
 
 
 def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-               sliding_window=None, **kwargs):
-    """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head]."""
+               sliding_window=None, alibi=None, **kwargs):
+    """Eager attention with every TransformerLens attention site marked. Shapes: query [b, h, q, d_head].
+
+    ``alibi``: per-head ALiBi slopes [h] (Bloom): the scores get ``slope · (key_pos − query_pos)``, as
+    TransformerLens adds them (relative, so a row's shift HF adds too leaves the pattern unchanged)."""
     prefix, spec = module._graphlens_prefix, module._graphlens_sites
     q, k = query.transpose(1, 2), key.transpose(1, 2)  # [b, q, h, d_head], [b, k, h_kv, d_head]
     if spec.query_site:
@@ -67,6 +70,8 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     q_len, k_len = scores.shape[-2], scores.shape[-1]
     query_pos = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
     key_pos = torch.arange(k_len, device=scores.device)[None, :]
+    if alibi is not None:
+        scores = scores + _alibi_bias(alibi, key_pos - query_pos, state).to(scores.dtype)
     if state is not None or attention_mask is None:
         allowed = key_pos <= query_pos
         if state is not None:  # TransformerLens: causal and not padding
@@ -86,6 +91,16 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     return z, pattern
 
 
+def _alibi_bias(slopes: torch.Tensor, relative: torch.Tensor, state: KVState | None) -> torch.Tensor:
+    """``slopes[h] · min(key_pos − query_pos, 0)`` as [b, h, q, k]: with a KVState the positions come from its
+    key mask's shape, so the bias is batch-major like every tensor a graph cut may cross (runtime.sweep)."""
+    if state is not None:
+        key_pos = torch.ones_like(state.key_mask, dtype=slopes.dtype).cumsum(-1)  # [b, k]: 1 … k
+        relative = key_pos[:, None, :] - key_pos[:, -relative.shape[0]:, None]  # [b, q, k]
+        return slopes[None, :, None, None] * relative[:, None].clamp(max=0)
+    return slopes[:, None, None] * relative.clamp(max=0).to(slopes.dtype)
+
+
 AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
 
 
@@ -102,6 +117,14 @@ def _site(x: torch.Tensor, name: str, tokens: TokenShape | None = None) -> torch
     return site(x, name)
 
 
+def norm_eps(module: nn.Module) -> float:
+    """A norm module's epsilon (``eps``, ``variance_epsilon`` or ``epsilon``; else 1e-5)."""
+    for name in ("eps", "variance_epsilon", "epsilon"):
+        if isinstance(getattr(module, name, None), (int, float)):
+            return float(getattr(module, name))
+    return 1e-5
+
+
 class HookedNorm(nn.Module):
     """LayerNorm / RMSNorm written out so that its scale and normalized input are sites (TL's LayerNorm)."""
 
@@ -111,7 +134,7 @@ class HookedNorm(nn.Module):
         self.heads_first = heads_first
         self.weight = getattr(inner, "weight", None)  # None: a norm without parameters (OLMo's LayerNorm)
         self.bias = getattr(inner, "bias", None)
-        self.eps = float(getattr(inner, "eps", getattr(inner, "variance_epsilon", 1e-5)))
+        self.eps = norm_eps(inner)
         self.prefix, self.rms, self.weight_offset, self.tokens = prefix, rms, weight_offset, tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,4 +295,8 @@ def instrument(model: nn.Module, arch: Architecture, cfg: dict) -> KVSlot:
         attn._graphlens_prefix = f"blocks.{layer}"
         attn._graphlens_sites = arch.attention
         attn._graphlens_layer, attn._graphlens_kv = layer, slot
+        if arch.attention.replace:
+            from graphlens.export.own_attention import replace_attention
+
+            replace_attention(attn, *arch.attention.replace, cfg, layer)
     return slot

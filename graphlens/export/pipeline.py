@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 
 import graphlens
 from graphlens.architectures import architecture_for
+from graphlens.architectures.generic import GENERIC, generic_for
 from graphlens.bundle import (
     EXTERNAL_DATA_FILE,
     EXTERNAL_DATA_THRESHOLD,
@@ -134,10 +135,17 @@ def export_bundle(
     report(1, steps, f"loading {source}")
     hf_config = load_hf_config(source)
     arch = architecture_for(hf_config)
-    cfg = arch.config_from_hf(hf_config)
+    cfg = arch.config_from_hf(hf_config) if arch is not GENERIC else None  # a variant's check before the weights
     model = load_hf_model(source, dtype)
+    if cfg is None:
+        from graphlens.export.discover import describe, discover
 
-    report(2, steps, f"exporting to ONNX with torch.onnx ({arch.name}, {cfg['n_layers']} layers)")
+        layout, cfg = discover(model, hf_config)
+        arch = generic_for(layout, cfg)
+        report(1, steps, f"no graphlens adapter for {', '.join(hf_config.get('architectures') or [])}: "
+                         f"the generic adapter placed {describe(layout)}")
+
+    report(2, steps, f"exporting to ONNX with torch.onnx ({arch.name} adapter, {cfg['n_layers']} layers)")
     from graphlens.export.to_onnx import export_plain
 
     weights = ExportWeights()

@@ -69,6 +69,9 @@ def fold_layer_norm(tl: TLWeights, cfg: dict, fold_biases: bool, center_weights:
                 tl[f"{b}.mlp.b_in"] = tl[f"{b}.mlp.b_in"] + bias @ W_in
             _fold_into(W_in, w, -2, center_weights)
             if f"{b}.mlp.W_gate" in tl:
+                # TL has no b_gate and drops the bias's gate term; an adapter that maps one keeps it exact
+                if fold_biases and bias is not None and f"{b}.mlp.b_gate" in tl:
+                    tl[f"{b}.mlp.b_gate"] = tl[f"{b}.mlp.b_gate"] + bias @ tl[f"{b}.mlp.W_gate"]
                 _fold_into(tl[f"{b}.mlp.W_gate"], w, -2, center_weights)
     if "ln_final.w" in tl:
         w, bias = tl.pop("ln_final.w"), tl.pop("ln_final.b", None)

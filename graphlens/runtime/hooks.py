@@ -16,14 +16,11 @@ import numpy as np
 
 from graphlens.runtime.hook_points import HookFunction, HookPoint
 from graphlens.runtime.inputs import as_numpy
-from graphlens.sites import UnknownHookError, split_name
-from graphlens.errors import HookResultError, InputError, InputTypeError
+from graphlens.sites import EMBED_SITES, UnknownHookError, split_name
+from graphlens.errors import HookResultError, InputError, InputTypeError, NotSupportedError
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 HookList = Sequence[tuple[NameOrFilter, HookFunction]]
-
-_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed")
-
 
 def blocks_run(n_layers: int, start_at_layer: int | None, stop_at_layer: int | None) -> range:
     """The blocks a forward with these bounds runs (Python slice semantics, as TransformerLens)."""
@@ -35,7 +32,7 @@ def site_runs(name: str, n_layers: int, start_at_layer: int | None, stop_at_laye
     layer, suffix = split_name(name)
     if layer is not None:
         return layer in blocks_run(n_layers, start_at_layer, stop_at_layer)
-    if suffix in _BEFORE_BLOCKS:
+    if suffix in EMBED_SITES:
         return start_at_layer is None
     return stop_at_layer is None
 

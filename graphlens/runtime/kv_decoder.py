@@ -115,8 +115,10 @@ class KVDecoder:
                                          given)
         session = self.graph.session([LOGITS, *self.present_names, *hooks], fed)
         binding = session.io_binding()
+        used = {i.name for i in session.get_inputs()}  # a model without positions (Bloom's ALiBi) has none
         for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
-            binding.bind_ortvalue_input(name, self._value(np.asarray(array, dtype=np.int64)))
+            if name in used:
+                binding.bind_ortvalue_input(name, self._value(np.asarray(array, dtype=np.int64)))
         for name, value in zip(self.past_names, self.past):
             binding.bind_ortvalue_input(name, value)
         for name, array in (feeds or {}).items():
