@@ -17,7 +17,7 @@ import numpy as np
 from graphlens.runtime.hook_points import HookFunction, HookPoint
 from graphlens.runtime.inputs import as_numpy
 from graphlens.sites import EMBED_SITES, UnknownHookError, split_name
-from graphlens.errors import HookResultError, InputError, InputTypeError, NotSupportedError
+from graphlens.errors import HookResultError, InputError, InputTypeError
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 HookList = Sequence[tuple[NameOrFilter, HookFunction]]
