@@ -54,6 +54,9 @@ def with_mask_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Expand", [POSITION_IDS, p("shape")], [p("given")], name=p("given")),
         helper.make_node("Where", [p("unfed"), p("derived"), p("given")], [inner[POSITION_IDS]], name=p("positions")),
     ]
+    # what the graph reads is [batch, pos], as input_ids (the sweep's cuts rely on its leading batch axis)
+    graph.value_info.extend(helper.make_tensor_value_info(inner[name], onnx.TensorProto.INT64, ["batch", "pos"])
+                            for name in DEFAULTS)
     graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in consts.items())
     graph.initializer.extend(numpy_helper.from_array(np.full((1, 1), DEFAULTS[n][0], np.int64), n) for n in DEFAULTS)
     old = list(graph.node)

@@ -34,8 +34,10 @@ class SiteSweep:
         self.values = run_parts(model.graph, self.plan, self.sessions, feeds, model.call_hooks)
         self._part_after = {site: k + 1 for k, part in enumerate(self.plan.parts) for site in part.hooks}
         batch_dim = model.graph.types["input_ids"].type.tensor_type.shape.dim[0].dim_param
+        # the graph's defaulted inputs (attention_mask, position_ids) are [batch, pos] when fed, [1, 1] otherwise
         self._batch_major = {
-            name: self._leading_dim(name) == batch_dim for part in self.plan.parts for name in part.inputs
+            name: self._leading_dim(name) == batch_dim or name in model.graph.input_defaults
+            for part in self.plan.parts for name in part.inputs
         }
 
     def _leading_dim(self, name: str) -> str | None:
