@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma2Config
+from transformers import Gemma2Config, GPTNeoConfig
 
 from graphlens import HookedTransformer
 from graphlens.attribution import attr_patch, log_prob_grad, logit_diff_grad, loss_grad, run_with_grads
@@ -30,9 +30,9 @@ RTOL = 1e-4
 
 
 def _one_layer(config):
-    """The family's test config with one block (export time is per block; GPT-2 and Gemma 2, whose
-    layers alternate local and global attention, keep two)."""
-    if isinstance(config, Gemma2Config):
+    """The family's test config with one block (export time is per block; GPT-2, and Gemma 2 and GPT-Neo,
+    whose layers alternate local and global attention, keep two)."""
+    if isinstance(config, (Gemma2Config, GPTNeoConfig)):
         return copy.deepcopy(config)
     fields = config.to_dict()
     fields.pop("layer_types", None)  # derived from the number of layers again

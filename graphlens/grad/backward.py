@@ -88,7 +88,7 @@ class _Grads:
         return parts[0]
 
 
-def _loss_seed(b: Builder, logits: str) -> str:
+def loss_seed(b: Builder, logits: str) -> str:
     """d mean-loss / d logits = (softmax(logits) - onehot(next token)) · weight of the prediction."""
     depth = b.op("Gather", [b.shape(logits), b.const([-1], np.int64)])
     values = b.op("CastLike", [b.const([0.0, 1.0], np.float32), logits])
@@ -125,7 +125,7 @@ def with_backward(
     b = Builder(types, _constants(model.graph))
     active = _active(nodes, b, grads_of)
     grads = _Grads(b)
-    grads.add(LOGITS, _loss_seed(b, LOGITS) if seed == "loss" else LOGITS_GRAD)
+    grads.add(LOGITS, loss_seed(b, LOGITS) if seed == "loss" else LOGITS_GRAD)
     sequences: dict[str, dict[int, str]] = {}
 
     reach = {LOGITS}
