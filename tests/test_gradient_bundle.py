@@ -106,3 +106,19 @@ def test_gradients_command_errors(grad_bundle, tmp_path):
     (tmp_path / "x" / "notes.txt").write_text("mine")
     result = CliRunner().invoke(main, ["gradients", str(grad_bundle), "-o", str(tmp_path / "x")])
     assert result.exit_code != 0 and "not a graphlens bundle" in result.output
+
+
+def test_export_with_gradients_writes_the_same_file(grad_bundle, hf_gpt2_dirs, tmp_path):
+    """``graphlens export --gradients`` (one export, no decoder, one-file model) gives the same gradients."""
+    from graphlens.export.pipeline import export_bundle
+
+    out = export_bundle(str(hf_gpt2_dirs["small"]), tmp_path / "e", progress=None, decoder=False, gradients=True)
+    entry = json.loads((out / "graphlens.json").read_text())["backward"]
+    assert entry["weights"].startswith("own copy")  # no model.onnx.data to share
+    tokens = _tokens(2)
+    c = logit_diff_grad((*tokens.shape, 300), [1, 2], [3, 4])
+    names = ["logits", "hook_embed_grad", "blocks.1.attn.hook_pattern_grad", "unembed.hook_in_grad"]
+    results = [ort.InferenceSession(str(folder / BACKWARD_FILE), providers=["CPUExecutionProvider"])
+               .run(names, {"input_ids": tokens, "logits_grad": c}) for folder in (out, grad_bundle)]
+    for name, ours, ref in zip(names, *results):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -109,32 +109,42 @@ def backward_entry(graph: onnx.ModelProto, shared_weights: bool) -> dict:
     }
 
 
+def write_backward(folder, model_file: str, shared: bool) -> dict:
+    """Write ``backward.onnx`` for the bundle being written in ``folder`` (its ``model_file`` there);
+    ``shared``: its weights become references into the model's external data file. Returns the
+    manifest's ``backward`` entry."""
+    from pathlib import Path
+
+    from graphlens.bundle_check import read_external_weights
+    from graphlens.export.decoder import point_at_model_data
+    from graphlens.rewrite.partition import value_types
+
+    folder = Path(folder)
+    source = onnx.load(str(folder / model_file), load_external_data=False)
+    read_external_weights(source, folder)
+    graph = backward_graph(source, value_types(source))
+    del source
+    shared = shared and point_at_model_data(graph, folder / model_file)
+    onnx.save_model(graph, folder / BACKWARD_FILE)
+    return backward_entry(graph, shared)
+
+
 def add_gradients(bundle, out, overwrite: bool = False):
     """Write ``out``: ``bundle`` plus ``backward.onnx`` (its weights shared with ``model.onnx.data``); returns ``out``."""
     import shutil
-    from pathlib import Path
 
     from graphlens.bundle import derived_bundle_paths, read_manifest, write_manifest, writing_bundle
-    from graphlens.bundle_check import read_external_weights
     from graphlens.bundle_write import MANIFEST, bundle_files
     from graphlens.errors import InputError
-    from graphlens.export.decoder import point_at_model_data
-    from graphlens.rewrite.partition import value_types
 
     bundle, out = derived_bundle_paths(bundle, out, overwrite)
     manifest = read_manifest(bundle)
     if "deployment" in manifest:
         raise InputError(f"{bundle} is a deployment (required substitution inputs); add gradients to its source bundle")
-    model_file = manifest["model_file"]
-    source = onnx.load(str(bundle / model_file), load_external_data=False)
-    read_external_weights(source, bundle)
-    graph = backward_graph(source, value_types(source))
-    del source
     with writing_bundle(out, overwrite) as tmp:
         for name in sorted(bundle_files(bundle) - {MANIFEST, BACKWARD_FILE}):
             if (bundle / name).is_file():
                 shutil.copy2(bundle / name, tmp / name)
-        shared = bool(manifest.get("external_data_file")) and point_at_model_data(graph, Path(tmp) / model_file)
-        onnx.save_model(graph, tmp / BACKWARD_FILE)
-        write_manifest(tmp, {**{k: v for k, v in manifest.items() if k != "files"}, "backward": backward_entry(graph, shared)})
+        entry = write_backward(tmp, manifest["model_file"], bool(manifest.get("external_data_file")))
+        write_manifest(tmp, {**{k: v for k, v in manifest.items() if k != "files"}, "backward": entry})
     return out
