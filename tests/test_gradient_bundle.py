@@ -122,3 +122,13 @@ def test_export_with_gradients_writes_the_same_file(grad_bundle, hf_gpt2_dirs, t
                .run(names, {"input_ids": tokens, "logits_grad": c}) for folder in (out, grad_bundle)]
     for name, ours, ref in zip(names, *results):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_derived_bundles_drop_the_gradient_graph(grad_bundle, tmp_path):
+    """A bundle made from one with backward.onnx (here a deployment) rewrites model.onnx: its manifest
+    names no backward graph, which would describe the old one."""
+    from graphlens.deploy import deploy
+
+    out = deploy(grad_bundle, tmp_path / "d", hooks=["hook_embed"], decoder=False)
+    manifest = json.loads((out / "graphlens.json").read_text())
+    assert "backward" not in manifest and not (out / BACKWARD_FILE).exists()
