@@ -28,7 +28,7 @@ MANIFEST = "graphlens.json"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^/]+$")
 
 
-def _bundle_files(folder: Path) -> set[str] | None:
+def bundle_files(folder: Path) -> set[str] | None:
     """The files ``folder``'s manifest says belong to the bundle (None: no readable manifest)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -40,9 +40,9 @@ def _bundle_files(folder: Path) -> set[str] | None:
     names |= set(manifest.get("files") or {})
     names |= {manifest.get("model_file"), manifest.get("external_data_file")}
     names |= set(manifest.get("tokenizer_files") or [])
-    decoder = manifest.get("decoder")
-    if isinstance(decoder, dict):
-        names.add(decoder.get("file"))
+    for graph in (manifest.get("decoder"), manifest.get("backward")):
+        if isinstance(graph, dict):
+            names.add(graph.get("file"))
     return {n for n in names if isinstance(n, str)}
 
 
@@ -59,7 +59,7 @@ def check_destination(out: Path, overwrite: bool) -> None:
     present = {p.name for p in out.iterdir()}
     if not present:
         return
-    belongs = _bundle_files(out)
+    belongs = bundle_files(out)
     if belongs is None:
         raise BundleError(
             f"{out} is a non-empty folder that is not a graphlens bundle; graphlens deletes nothing it did not "

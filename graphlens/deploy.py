@@ -82,7 +82,7 @@ def deploy(
         for name in manifest.get("tokenizer_files") or []:
             shutil.copy2(bundle / name, tmp / name)
         result = {
-            **{k: v for k, v in manifest.items() if k not in ("decoder", "files")},
+            **{k: v for k, v in manifest.items() if k not in ("decoder", "files", "backward")},
             "format_version": FORMAT_VERSION,  # everything below is rebuilt from the graphs, whatever the source's version
             "tokenizer": tokenizer_entry(tmp),
             "external_data_file": EXTERNAL_DATA_FILE if big else None,

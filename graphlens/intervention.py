@@ -62,7 +62,7 @@ def intervene(
             shutil.copy2(inside(bundle, name, "tokenizer_files"), tmp / name)
         kept = hooks if keep_hooks else []
         manifest = {
-            **{k: v for k, v in manifest.items() if k != "decoder"},  # the KV-cache graph is not intervened
+            **{k: v for k, v in manifest.items() if k not in ("decoder", "backward")},  # nor are these graphs
             "external_data_file": EXTERNAL_DATA_FILE if big else None,
             **compiled_io,
             "hooks": hook_entries(kept, manifest["config"], manifest["dtype"], compiled),

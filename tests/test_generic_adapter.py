@@ -219,3 +219,25 @@ def test_fused_qkv_layouts_give_hf_pattern(multi_query):
     written = param_table(layout).write(tl, cfg, part=0)
     qkv = f"{layout['blocks']}.0.{layout['attn']}.{layout['qkv']}"
     np.testing.assert_array_equal(written[f"{qkv}.weight"], params[f"{qkv}.weight"])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gradients_equal_hf_autograd(generic, family):
+    """Every hook's gradient of the mean loss is computed (every op has a rule); the residual stream's
+    equals HF's autograd on the same weights (``output_hidden_states`` tensors, gradients retained)."""
+    from tests.test_gradients import assert_grad_close
+
+    folder, bundle, _ = generic[family]
+    model, hf = HookedTransformer.from_pretrained_no_processing(bundle), _hf(folder)
+    tokens = _tokens(5)
+    loss, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
+    assert all(np.isfinite(cache[name + "_grad"]).all() for name in model.hook_names)
+    ids = torch.tensor(tokens)
+    out = hf(ids, labels=ids, output_hidden_states=True)
+    for hidden in out.hidden_states:
+        hidden.retain_grad()
+    out.loss.backward()
+    np.testing.assert_allclose(loss, out.loss.item(), rtol=1e-5)
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.hook_resid_pre"
+        assert_grad_close(cache[name + "_grad"], out.hidden_states[layer].grad.numpy(), name)

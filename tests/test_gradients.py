@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma2Config
+from transformers import Gemma2Config, GPTNeoConfig
 
 from graphlens import HookedTransformer
 from graphlens.attribution import attr_patch, log_prob_grad, logit_diff_grad, loss_grad, run_with_grads
@@ -19,7 +19,7 @@ from graphlens.errors import HookResultError, InputError, NotSupportedError
 from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING
 from tests.models import make_causal_lm, tl_reference, tl_reference_from_folder
-from tests.test_architectures import FAMILIES
+from tests.test_architectures import FAMILIES, as_graphlens_shape
 from tests.test_equivalence import assert_close
 
 # OPT's hook_resid_mid is marked at final_layer_norm's input, but HF's OPT layer adds the residual from
@@ -27,12 +27,16 @@ from tests.test_equivalence import assert_close
 # gradient lacks the skip connection (a forward-graph issue of the OPT adapter, not of the backward).
 KNOWN_DIFFERENT = {"opt": ("hook_resid_mid",)}
 RTOL = 1e-4
+# OLMo's LayerNorms have no parameters, and TransformerLens (LNPre) centres the weights that read them
+# (W_U's, W_Q's, ... mean over d_model removed): the same function on the mean-zero outputs of a norm,
+# so the gradients there agree only up to the all-ones direction; compared after removing their mean.
+CENTRED = {"olmo": ("hook_normalized", "unembed.hook_in")}
 
 
 def _one_layer(config):
-    """The family's test config with one block (export time is per block; GPT-2 and Gemma 2, whose
-    layers alternate local and global attention, keep two)."""
-    if isinstance(config, Gemma2Config):
+    """The family's test config with one block (export time is per block; GPT-2, and Gemma 2 and GPT-Neo,
+    whose layers alternate local and global attention, keep two)."""
+    if isinstance(config, (Gemma2Config, GPTNeoConfig)):
         return copy.deepcopy(config)
     fields = config.to_dict()
     fields.pop("layer_types", None)  # derived from the number of layers again
@@ -92,6 +96,19 @@ def tl_gradients(ref, tokens: np.ndarray, names, metric) -> dict[str, np.ndarray
     return {name: value.numpy() for name, value in sums.items()}
 
 
+def _as_ours(grads: dict, cache) -> dict:
+    """TransformerLens' gradients in graphlens' shapes (its per-head q/k norms run on flattened rows)."""
+    return {name: as_graphlens_shape(torch.tensor(g), name, cache[name + "_grad"].shape).numpy()
+            for name, g in grads.items()}
+
+
+def _centred(family: str, name: str, *grads):
+    """``grads`` with their mean over the last axis removed at the family's CENTRED sites (else as given)."""
+    if not name.endswith(CENTRED.get(family, ())):
+        return grads
+    return tuple(g - g.mean(axis=-1, keepdims=True) for g in grads)
+
+
 def _tl_loss(tokens):
     from transformer_lens.utils import lm_cross_entropy_loss
 
@@ -107,22 +124,25 @@ def test_every_hook_gradient_equals_transformer_lens(families, family):
     # the mean loss, through TransformerLens' incl_bwd API
     exact = copy.deepcopy(ref).to(torch.float64)
     loss, cache = ours.run_with_cache(tokens, return_type="loss", incl_bwd=True)
-    ref_grads = tl_gradients(ref, tokens, names, _tl_loss(tokens))
-    exact_grads = tl_gradients(exact, tokens, names, _tl_loss(tokens))
+    ref_grads = _as_ours(tl_gradients(ref, tokens, names, _tl_loss(tokens)), cache)
+    exact_grads = _as_ours(tl_gradients(exact, tokens, names, _tl_loss(tokens)), cache)
     with torch.no_grad():
         np.testing.assert_allclose(loss, float(ref(torch.tensor(tokens), return_type="loss")), rtol=1e-5)
     assert set(ref_grads) == set(names)  # every site gets a gradient in TransformerLens too
     for name in names:
-        assert_grad_close(cache[name + "_grad"], ref_grads[name], name, exact_grads[name])
+        assert_grad_close(*_centred(family, name, cache[name + "_grad"], ref_grads[name]), name,
+                          *_centred(family, name, exact_grads[name]))
     # a logit difference at the last position, as a cotangent
     answer, wrong = tokens[:, 0], np.array([7, 11])
     c = logit_diff_grad((*tokens.shape, ours.cfg.d_vocab_out), answer, wrong)
     _, cache = ours.run_with_cache(tokens, incl_bwd=True, logits_grad=c, names_filter=names)
     rows = torch.arange(len(tokens))
     metric = lambda logits: (logits[rows, -1, answer] - logits[rows, -1, wrong]).mean()  # noqa: E731
-    ref_grads, exact_grads = tl_gradients(ref, tokens, names, metric), tl_gradients(exact, tokens, names, metric)
+    ref_grads = _as_ours(tl_gradients(ref, tokens, names, metric), cache)
+    exact_grads = _as_ours(tl_gradients(exact, tokens, names, metric), cache)
     for name in names:
-        assert_grad_close(cache[name + "_grad"], ref_grads[name], name, exact_grads[name])
+        assert_grad_close(*_centred(family, name, cache[name + "_grad"], ref_grads[name]), name,
+                          *_centred(family, name, exact_grads[name]))
 
 
 def test_incl_bwd_cache_equals_transformer_lens_incl_bwd(families):

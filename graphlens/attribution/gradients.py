@@ -1,7 +1,8 @@
 """One ONNX Runtime pass computing forward outputs and the gradients at hook sites (forward + backward).
 
-The combined graph (``graphlens.grad.with_backward``) is built per request (outputs, hooks whose
-gradients are asked, sites fed, metric kind) and cached with the model's other sessions.
+The combined graph is specialised per request (outputs, hooks whose gradients are asked, sites fed,
+metric kind) from the bundle's ``backward.onnx`` when it has one (``graphlens gradients``), else built
+from the forward (``graphlens.grad.with_backward``), and cached with the model's other sessions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from graphlens.errors import InputError, InputTypeError
+from graphlens.bundle import read_manifest
+from graphlens.bundle_check import load_graph
 from graphlens.grad import LOGITS_GRAD, LOSS_TARGETS, LOSS_WEIGHTS, grad_name, with_backward
+from graphlens.grad.bundle_file import request_graph
 from graphlens.runtime.graph import LOGITS
 from graphlens.runtime.inputs import as_numpy, check_attention_mask, check_tokens
 
@@ -67,11 +71,40 @@ def run_with_grads(
     graph = model.graph
     fed_key = tuple(sorted((h, tuple(sorted(k))) for h, k in fed.items()))
     key = ("grad", tuple(outputs), tuple(grads_of), fed_key, seed)
-    session = graph.cached(key, lambda: graph.compile(
-        with_backward(graph.proto, graph.types, outputs, grads_of, dict(fed_key), seed)))
+
+    def build():
+        stored = bundle_backward(model)
+        if stored is not None:
+            return graph.compile(request_graph(stored, outputs, grads_of, dict(fed_key), seed))
+        return graph.compile(with_backward(graph.proto, graph.types, outputs, grads_of, dict(fed_key), seed))
+
+    session = graph.cached(key, build)
     names = [o.name for o in session.get_outputs()]
     graph.session_runs += 1
     return dict(zip(names, session.run(names, graph._feeds_for(session, feeds))))
+
+
+def bundle_backward(model):
+    """The bundle's ``backward.onnx`` reading the model's shared weights, or None where the bundle has
+    none or the model's graph is not the bundle's (processing applied at load, a replaced graph, bfloat16)."""
+    graph = model.graph
+    entry = model.manifest.get("backward")
+    if not entry or graph.replaced or model.manifest["dtype"] == "bfloat16":
+        return None
+
+    def load():
+        if read_manifest(model.bundle_dir)["processing"] != model.manifest["processing"]:
+            return None
+        proto = load_graph(model.bundle_dir, model.manifest, entry["file"], "backward.file", model.hook_names,
+                           read_weights=False)
+        main = {i.name: i for i in graph.proto.graph.initializer}
+        for init in proto.graph.initializer:
+            if init.name in main:
+                init.CopyFrom(main[init.name])  # the same weight, held once
+        graph.share_weights(proto, model.mapped_weights)
+        return proto
+
+    return graph.cached(("backward-file",), load)
 
 
 def _checked_cotangent(value, tokens: np.ndarray, model) -> np.ndarray:

@@ -13,6 +13,7 @@ import click
 from graphlens.cli.attach import attach
 from graphlens.cli.compare import compare
 from graphlens.cli.deploy import deploy
+from graphlens.cli.gradients import gradients
 from graphlens.cli.export import export
 from graphlens.cli.generate import generate
 from graphlens.cli.harvest import harvest
@@ -74,6 +75,7 @@ main.add_command(plot)
 main.add_command(intervene)
 main.add_command(harvest)
 main.add_command(deploy)
+main.add_command(gradients)
 main.add_command(view)
 main.add_command(verify)
 main.add_command(quantize)

@@ -25,9 +25,10 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "py
               help="Sites that get .patch/.patch_mask/.add inputs (resid: the residual stream only).")
 @click.option("--quantize", type=click.Choice(["int4", "int8"]), default=None,
               help="Quantize the linear layers' weights (ONNX Runtime: int4 MatMulNBits, int8 dynamic); hooks stay float.")
+@click.option("--gradients", is_flag=True, help="Also write backward.onnx: forward + backward, `<hook>_grad` outputs for every hook.")
 @click.option("--force", is_flag=True, help="Replace the bundle already in OUTPUT (a folder holding anything else is never replaced).")
 def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_value_biases, dtype, opset, external_data,
-           patch_sites, quantize, force):
+           patch_sites, quantize, gradients, force):
     """Export MODEL (a hub id such as gpt2, or a local HF folder) to a graphlens bundle.
 
     Without MODEL, exports the small trained model shipped in models/shipped/pydoc-gpt2.
@@ -43,6 +44,7 @@ def export(model, output, fold_ln, center_writing_weights, center_unembed, fold_
         click.echo(f"No MODEL given: exporting the shipped demo model {SHIPPED_MODEL.name}.", err=True)
     processing = Processing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
     out = export_bundle(model, output, processing=processing, dtype=dtype, opset=opset, external_data=external_data,
-                        patch_sites=patch_sites, overwrite=force, quantize=quantize)
+                        patch_sites=patch_sites, overwrite=force, quantize=quantize,
+                        gradients=gradients)
     click.echo(str(out))
 

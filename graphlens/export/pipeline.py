@@ -103,6 +103,7 @@ def export_bundle(
     progress: Callable[[int, int, str], None] | None = _stderr_progress,
     patch_sites: str = "all",
     quantize: str | None = None,
+    gradients: bool = False,
 ) -> Path:
     """Export ``source`` (hub id or local HF folder) to a bundle folder and return its path.
 
@@ -117,7 +118,11 @@ def export_bundle(
     ``overwrite``: replace a bundle already at ``out_dir`` (anything else there is never replaced; see
     ``bundle_write``).
     ``quantize``: "int4" or "int8" writes a quantized bundle (``graphlens.quantize``) of the processed weights.
+    ``gradients``: also write ``backward.onnx``, forward + backward with ``<hook>_grad`` outputs (``graphlens.grad.bundle_file``).
     """
+    if quantize is not None and gradients:
+        raise InputError("gradients of a quantized bundle are not supported (MatMulNBits has no gradient rule): "
+                         "export the float bundle with gradients")
     if quantize is not None:
         from graphlens.quantize.bundle import export_quantized
 
@@ -208,6 +213,11 @@ def export_bundle(
             from graphlens.export.decoder import write_decoder
 
             manifest["decoder"] = write_decoder(protos[DECODER_FILE], decoder_hooks, tmp, processed_cfg, dtype, shared=external)
+        if gradients:
+            from graphlens.grad.bundle_file import write_backward
+
+            report(6, steps, "writing the gradient graph")
+            manifest["backward"] = write_backward(tmp, MODEL_FILE, shared=external)
         write_manifest(tmp, manifest)
     report(steps, steps, f"done in {time.perf_counter() - started:.1f}s: {len(hooks)} hooks")
     return out

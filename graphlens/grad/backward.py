@@ -88,14 +88,16 @@ class _Grads:
         return parts[0]
 
 
-def _loss_seed(b: Builder, logits: str) -> str:
-    """d mean-loss / d logits = (softmax(logits) - onehot(next token)) · weight of the prediction."""
-    depth = b.op("Gather", [b.shape(logits), b.const([-1], np.int64)])
-    values = b.op("CastLike", [b.const([0.0, 1.0], np.float32), logits])
-    onehot = b.op("OneHot", [LOSS_TARGETS, depth, values], axis=-1)
+def loss_seed(b: Builder, logits: str) -> str:
+    """d mean-loss / d logits = (softmax(logits) - onehot(next token)) · weight of the prediction (the
+    one-hot subtracted in place at the targets: no vocabulary-wide one-hot tensor)."""
     probs = b.op("Softmax", [logits], axis=-1)
+    targets = b.op("Unsqueeze", [LOSS_TARGETS, b.const([-1], np.int64)])
+    picked = b.op("GatherElements", [probs, targets], axis=-1)
+    shifted = b.op("Sub", [picked, b.op("CastLike", [b.const(1.0, np.float32), logits])])
+    seed = b.op("ScatterElements", [probs, targets, shifted], axis=-1)
     weights = b.op("Unsqueeze", [b.op("CastLike", [LOSS_WEIGHTS, logits]), b.const([-1], np.int64)])
-    return b.op("Mul", [b.op("Sub", [probs, onehot]), weights])
+    return b.op("Mul", [seed, weights])
 
 
 def _active(nodes: list[onnx.NodeProto], b: Builder, sources: Iterable[str]) -> set[str]:
@@ -125,7 +127,7 @@ def with_backward(
     b = Builder(types, _constants(model.graph))
     active = _active(nodes, b, grads_of)
     grads = _Grads(b)
-    grads.add(LOGITS, _loss_seed(b, LOGITS) if seed == "loss" else LOGITS_GRAD)
+    grads.add(LOGITS, loss_seed(b, LOGITS) if seed == "loss" else LOGITS_GRAD)
     sequences: dict[str, dict[int, str]] = {}
 
     reach = {LOGITS}
@@ -166,21 +168,35 @@ def with_backward(
         seed_info.CopyFrom(logits_type)
         seed_info.name = LOGITS_GRAD
         out.graph.input.append(seed_info)
-    names = []
+    names, renames = [], {}
+    totals = {hook: grads.total(hook) for hook in grads_of}  # (summing a tensor's parts adds nodes)
+    made = {o for node in b.nodes for o in node.output}
     for hook in grads_of:
-        total = grads.total(hook)
-        b.nodes.append(helper.make_node("Identity", [total if total is not None else b.zeros_like(hook)],
-                                        [grad_name(hook)], name=b.fresh("output")))
+        total = totals[hook] if totals[hook] is not None else b.zeros_like(hook)
+        if total in made and total not in renames:  # the output is that tensor, renamed: no copy
+            renames[total] = grad_name(hook)
+        else:  # a forward tensor, an input, or another hook's gradient too (resid_post and the next resid_pre)
+            b.nodes.append(helper.make_node("Identity", [total], [grad_name(hook)], name=b.fresh("output")))
         info = onnx.ValueInfoProto()
         info.CopyFrom(types[hook])
         info.name = grad_name(hook)
         out.graph.value_info.append(info)
         names.append(grad_name(hook))
     del out.graph.node[:]
-    out.graph.node.extend(nodes + b.nodes)
+    out.graph.node.extend(nodes + [_renamed(node, renames) for node in b.nodes])
     del out.graph.initializer[:]
     out.graph.initializer.extend(list(model.graph.initializer) + b.initializers)
     return specialise(out, list(outputs) + names, fed, keep_inputs=())
+
+
+def _renamed(node: onnx.NodeProto, renames: Mapping[str, str]) -> onnx.NodeProto:
+    if not any(n in renames for n in list(node.input) + list(node.output)):
+        return node
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    out.input[:] = [renames.get(n, n) for n in node.input]
+    out.output[:] = [renames.get(n, n) for n in node.output]
+    return out
 
 
 def _split_to_sequence(b: Builder, node: onnx.NodeProto, parts: dict[int, str], grads: _Grads) -> None:

@@ -23,7 +23,9 @@ def _dims(info: onnx.ValueInfoProto | None) -> list | None:
 class Builder:
     """Collects the nodes and constants of a backward pass over a graph whose tensor types are known."""
 
-    def __init__(self, types: Mapping[str, onnx.ValueInfoProto], constants: Mapping[str, np.ndarray]):
+    def __init__(self, types: Mapping[str, onnx.ValueInfoProto], constants: Mapping[str, np.ndarray],
+                 prefix: str = PREFIX):
+        self.prefix = prefix  # of every name it makes (a second builder over the same graph needs its own)
         self.types = dict(types)
         self.constants = constants  # forward tensors with a known value (Constant nodes, initializers)
         self.nodes: list[onnx.NodeProto] = []
@@ -35,7 +37,7 @@ class Builder:
     # ---- names and nodes ----------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
         self._count += 1
-        return f"{PREFIX}{hint}_{self._count}"
+        return f"{self.prefix}{hint}_{self._count}"
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
         outputs = [self.fresh(op_type) for _ in range(n_out)]

@@ -29,6 +29,7 @@ DIFFERENTIABLE: dict[str, tuple[int, ...] | None] = {
     "MatMul": (0, 1), "Gemm": (0, 1, 2), "Softmax": (0,), "ReduceMean": (0,), "ReduceSum": (0,),
     "Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Flatten": (0,), "Transpose": (0,), "Expand": (0,),
     "Slice": (0,), "Concat": ALL, "Split": (0,), "SplitToSequence": (0,), "SequenceAt": (0,),
+    "Min": ALL, "Max": ALL, "Gather": (0,),
 }
 
 
@@ -223,12 +224,41 @@ def _split(b: Builder, node, g, need):
     return [b.op("Concat", parts, axis=axis)] + [None] * (len(node.input) - 1)
 
 
+def _min_max(b: Builder, node, g, need):
+    """Min/Max: each input's gradient where it is the result (the first such input where several are)."""
+    (y,), (gy,) = node.output, g
+    zero, taken = b.scalar(0.0, y), None
+    out = []
+    for x, n in zip(node.input, need):
+        chosen = b.op("Equal", [x, y])
+        if taken is not None:
+            chosen = b.op("And", [chosen, b.op("Not", [taken])])
+        taken = chosen if taken is None else b.op("Or", [taken, chosen])
+        out.append(b.unbroadcast(b.op("Where", [chosen, gy, zero]), x, y) if n else None)
+    return out
+
+
+def _gather(b: Builder, node, g, need):
+    """Gather of a scalar or 1-D index along ``axis``: the gradient added back at the gathered positions."""
+    (x, indices), (gy,) = node.input, g
+    axis = _attr(node, "axis", 0) % b.rank(x)
+    rank = b.dims(indices)
+    if rank is None or len(rank) > 1:
+        raise NotSupportedError(f"gradients: Gather with indices of rank {None if rank is None else len(rank)} ({node.name})")
+    if not rank:  # a scalar index drops the axis
+        gy = b.op("Unsqueeze", [gy, b.const([axis], np.int64)])
+    shape = [1] * b.rank(x)
+    shape[axis] = -1
+    spread = b.op("Expand", [b.op("Reshape", [indices, b.const(shape, np.int64)]), b.op("Shape", [gy])])
+    return [b.op("ScatterElements", [b.zeros_like(x), spread, gy], axis=axis, reduction="add"), None]
+
+
 RULES: dict[str, Rule] = {
     **{k: _unary for k in ("Identity", "Neg", "Sqrt", "Tanh", "Erf", "Sigmoid", "Relu", "Exp", "Log", "Sin", "Cos",
                            "Cast")},
     **{k: _binary for k in ("Add", "Sub", "Mul", "Div")},
     "CastLike": _cast_like, "Pow": _pow, "Where": _where, "MatMul": _matmul, "Gemm": _gemm, "Softmax": _softmax,
     "ReduceMean": _reduce, "ReduceSum": _reduce, "Transpose": _transpose, "Expand": _expand, "Slice": _slice,
-    "Concat": _concat, "Split": _split,
+    "Concat": _concat, "Split": _split, "Min": _min_max, "Max": _min_max, "Gather": _gather,
     **{k: _reshape for k in ("Reshape", "Squeeze", "Unsqueeze", "Flatten")},
 }

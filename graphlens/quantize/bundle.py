@@ -109,7 +109,7 @@ def quantize_bundle(
         onnx.checker.check_model(str(tmp / manifest["model_file"]), full_check=False)
         for name in manifest.get("tokenizer_files") or []:
             shutil.copy2(source / name, tmp / name)
-        result = {k: v for k, v in manifest.items() if k != "files"}
+        result = {k: v for k, v in manifest.items() if k not in ("files", "backward")}  # backward.onnx: float only
         result["external_data_file"] = EXTERNAL_DATA_FILE
         if decoder:
             result["decoder"] = {**decoder, "weights": "shared with the model's external data file"}

@@ -58,6 +58,7 @@ class BundleGraph:
         self._max_sessions = max_sessions
         self.session_runs = 0  # how many times any session ran (tests use it to prove single passes)
         self.split: DeviceSplit | None = None  # blocks across devices (n_devices > 1): every run is cut there
+        self.replaced = False  # the graph is no longer the bundle's file (replace_proto)
 
     def share_weights(self, proto: onnx.ModelProto, mapped: MappedWeights | None = None) -> None:
         """Move ``proto``'s weights (in place) into the arrays every session shares: initializers stored in
@@ -118,6 +119,7 @@ class BundleGraph:
     def replace_proto(self, proto: onnx.ModelProto) -> None:
         """Run ``proto`` from now on: a rewrite of this graph reading the same shared weights."""
         self.proto = proto
+        self.replaced = True
         self.output_names = [o.name for o in proto.graph.output]
         self.input_names = {i.name for i in proto.graph.input}
         self._sessions.clear()

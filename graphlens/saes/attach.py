@@ -129,7 +129,7 @@ def attach(
         for name in manifest.get("tokenizer_files") or []:
             shutil.copy2(inside(bundle, name, "tokenizer_files"), tmp / name)
         new = {
-            **manifest,
+            **{k: v for k, v in manifest.items() if k != "backward"},  # backward.onnx is not rebuilt with the SAEs
             "config": config,
             "external_data_file": EXTERNAL_DATA_FILE if external else None,
             "hooks": hook_entries(hooks, config, manifest["dtype"], proto),
