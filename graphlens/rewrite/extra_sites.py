@@ -85,7 +85,7 @@ def _reaches(start: gs.Node, targets: set[str], limit: int = 64) -> bool:
     """Whether a tensor named in ``targets`` is computed within ``limit`` nodes downstream of ``start``."""
     frontier, seen = [start], set()
     while frontier and len(seen) < limit:
-        node = frontier.pop()
+        node = frontier.pop(0)  # breadth first: the norm is a few nodes away, the residual path is long
         if id(node) in seen:
             continue
         seen.add(id(node))
@@ -105,13 +105,19 @@ def add_hook_mlp_in(graph: gs.Graph, layer: int, cfg: dict) -> None:
     norm_reads = [n for n in source.outputs if _reaches(n, norm_sites)]
     if not norm_reads:
         raise UnsupportedArchitectureError(f"{site}: no MLP norm reading {source.name} found")
-    for node in norm_reads:  # e.g. OPT flattens the tokens once for both the norm and the residual add
-        if node.op in _PASS_THROUGH and any(not _reaches(c, norm_sites) for c in node.outputs[0].outputs):
-            raise UnsupportedArchitectureError(f"{site}: in this architecture the MLP norm's input is also the "
-                                               "residual stream's, so it cannot be a site of its own")
     copy = add_node(graph, "Identity", [source], f"{site}.input", source.dtype)
     marked = add_marker(graph, copy, site)
     for node in norm_reads:
+        shared = [c for c in node.outputs[0].outputs if not _reaches(c, norm_sites)] if node.op in _PASS_THROUGH else []
+        if shared:  # e.g. OPT flattens the tokens once for both the norm and the residual add: the norm gets its own view
+            view = gs.Variable(f"{site}.view", dtype=node.outputs[0].dtype)
+            graph.nodes.append(gs.Node(node.op, name=f"{site}.view", attrs=dict(node.attrs),
+                                       inputs=[marked, *node.inputs[1:]], outputs=[view]))
+            for consumer in [c for c in node.outputs[0].outputs if c not in shared]:
+                for i, tensor in enumerate(consumer.inputs):
+                    if tensor is node.outputs[0]:
+                        consumer.inputs[i] = view
+            continue
         for i, tensor in enumerate(node.inputs):
             if tensor is source:
                 node.inputs[i] = marked

@@ -8,7 +8,7 @@ import torch
 from graphlens.export.pipeline import export_bundle
 from graphlens.rewrite.weights import NO_PROCESSING
 from tests.models import Lazy, make_causal_lm
-from tests.test_architectures import FAMILIES
+from tests.test_architectures import FAMILIES, as_graphlens_shape
 from tests.test_equivalence import assert_close
 
 
@@ -43,6 +43,6 @@ def cache_equals_transformer_lens(ours, ref, tokens):
         ref_logits, ref_cache = ref.run_with_cache(torch.tensor(tokens))
     assert list(cache.keys()) == list(ref_cache.keys())
     for name in ref_cache.keys():
-        assert_close(cache[name], ref_cache[name], name)
+        assert_close(cache[name], as_graphlens_shape(ref_cache[name], name, cache[name].shape), name)
     assert_close(logits, ref_logits, "logits")
     return logits, cache
